@@ -3,6 +3,7 @@ more annotator (so one can see how much ICM's vote moves the aggregate)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -43,7 +44,10 @@ def _frame(crowd: list[CrowdLabel], predictions: dict[int, Prediction] | None, i
 
 
 def _result(name: str, model, df: pd.DataFrame) -> Aggregate:
-    labels = model.fit_predict(df)
+    with warnings.catch_warnings():
+        # crowd-kit 1.4.2 uses pandas keywords that pandas 3 deprecates: noise, not our problem
+        warnings.simplefilter("ignore", category=Warning)
+        labels = model.fit_predict(df)
     probas = model.probas_
     ties = set()
     for task, row in probas.iterrows():

@@ -1,0 +1,216 @@
+"""Compare a live Label Studio project: crowd = annotations, ICM = predictions; flag disagreements.
+
+How a disagreement task is flagged (visible in the Data Manager):
+  * one prediction per flagged task with model_version REVIEW_VERSION ("icm-compare-review"):
+    - if the labeling config has a Choices control with a "needs_review" choice, the prediction
+      selects it, plus the reason in a TextArea when the config has one (name containing
+      "reason", else the first TextArea);
+    - otherwise it selects the crowd-majority label (ICM's label when the crowd is split) in the
+      main Choices control, so the reviewer sees the crowd's answer next to ICM's.
+    In the Data Manager: column "Prediction model versions" shows icm-compare-review (filter on
+    it to get the review queue); "Predictions results" shows needs_review / the label.
+  * task meta["icm_compare"] = {kind, rank, score, reason, votes, icm_label, icm_confidence}
+    for scripts and exports (meta is not a Data Manager column in LS 1.23).
+Annotations, `is_labeled` and task data are never touched. Re-running replaces the previous
+review predictions, so flags do not pile up.
+Annotations marked ground_truth are used as gold, not as crowd votes.
+
+    from icm_backend.compare.project import compare_project
+    out = compare_project("http://localhost:8080", api_key, project_id=3, report_path="r.html")
+    out.flagged  # task ids flagged for review
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from icm_backend.compare.data import CompareInput, CrowdLabel
+from icm_backend.compare.disagreements import Thresholds
+from icm_backend.compare.pipeline import CompareResult, compare
+from icm_backend.errors import InputError
+from icm_backend.types import Prediction
+
+REVIEW_VERSION = "icm-compare-review"
+REVIEW_WORDS = {"needs_review", "needs review", "needs-review"}
+
+
+@dataclass
+class ProjectConfig:
+    """The controls of a labeling config that the comparison uses."""
+
+    label_from: str
+    to_name: str
+    labels: list[str]
+    review_from: str | None = None
+    review_choice: str | None = None
+    reason_from: str | None = None
+
+
+@dataclass
+class ProjectCompare:
+    result: CompareResult
+    config: ProjectConfig
+    flagged: list[int] = field(default_factory=list)
+    flag_method: str = ""  # "needs_review choice (+reason)" or "crowd-majority prediction"
+
+
+def parse_label_config(xml: str) -> ProjectConfig:
+    """Find the label Choices (the first one without a needs_review choice) and optional review controls."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise InputError(f"project field 'label_config' is not valid XML ({exc})") from None
+    label, review, textareas = None, None, []
+    for el in root.iter():
+        if el.tag == "Choices":
+            values = [c.get("value") or c.get("alias") for c in el.iter("Choice")]
+            hit = next((v for v in values if v and v.casefold() in REVIEW_WORDS), None)
+            if hit and review is None:
+                review = (el.get("name"), hit)
+            elif not hit and label is None:
+                label = (el.get("name"), el.get("toName"), [v for v in values if v])
+        elif el.tag == "TextArea":
+            textareas.append(el.get("name"))
+    if label is None:
+        raise InputError("project field 'label_config' has no <Choices> control to compare labels on")
+    reason = next((t for t in textareas if "reason" in (t or "").lower()), textareas[0] if textareas else None)
+    return ProjectConfig(label_from=label[0], to_name=label[1], labels=label[2],
+                         review_from=review[0] if review else None, review_choice=review[1] if review else None,
+                         reason_from=reason if review else None)
+
+
+def _get(obj, key, default=None):
+    """SDK 2.1.2 returns annotations as dicts and predictions as pydantic objects."""
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def _choice(result, from_name: str) -> str | None:
+    for item in result or []:
+        if item.get("from_name") == from_name and item.get("type") == "choices":
+            choices = (item.get("value") or {}).get("choices") or []
+            if choices:
+                return str(choices[0])
+    return None
+
+
+def _client(client_or_url, api_key):
+    if isinstance(client_or_url, str):
+        from label_studio_sdk import LabelStudio
+
+        if not api_key:
+            raise InputError("an API key is required (--ls-api-key or LABEL_STUDIO_API_KEY)")
+        return LabelStudio(base_url=client_or_url.rstrip("/"), api_key=api_key)
+    return client_or_url
+
+
+def read_project(client, project_id: int, icm_model_version: str | None = None,
+                 label_set: list[str] | None = None) -> tuple[CompareInput, ProjectConfig, list]:
+    project = client.projects.get(id=project_id)
+    cfg = parse_label_config(project.label_config)
+    tasks = list(client.tasks.list(project=project_id, fields="all"))
+    try:
+        users = {u.id: (u.email or u.username or str(u.id)) for u in client.users.list()}
+    except Exception:  # listing users may be forbidden for non-admins: fall back to ids
+        users = {}
+    crowd, gold, preds, warnings = [], {}, {}, []
+    no_score = 0
+    for t in tasks:
+        tid = int(_get(t, "id"))
+        for ann in _get(t, "annotations") or []:
+            if _get(ann, "was_cancelled"):
+                continue
+            label = _choice(_get(ann, "result"), cfg.label_from)
+            if label is None:
+                continue
+            if _get(ann, "ground_truth"):
+                gold[tid] = label
+                continue
+            who = _get(ann, "completed_by")
+            crowd.append(CrowdLabel(tid, users.get(who, str(who)), label))
+        best = None
+        for p in _get(t, "predictions") or []:
+            version = _get(p, "model_version") or ""
+            if version == REVIEW_VERSION or (icm_model_version and version != icm_model_version):
+                continue
+            label = _choice(_get(p, "result"), cfg.label_from)
+            if label is None:
+                continue
+            score = _get(p, "score")
+            if score is None:
+                no_score += 1
+                continue
+            if best is None or (_get(p, "id") or 0) > best[0]:  # newest prediction wins
+                best = (_get(p, "id") or 0, label, float(score))
+        if best:
+            preds[tid] = Prediction(tid, best[1], min(max(best[2], 0.0), 1.0))
+    if no_score:
+        warnings.append(f"{no_score} predictions without field 'score' were ignored (ICM predictions carry a score)")
+    if not preds:
+        raise InputError(f"project {project_id}: no prediction with a '{cfg.label_from}' choice and a score "
+                         "(run ICM predictions first)")
+    if not crowd:
+        raise InputError(f"project {project_id}: no annotation with a '{cfg.label_from}' choice (no crowd labels)")
+    inp = CompareInput(predictions=preds, crowd=crowd, gold=gold, label_set=sorted(label_set or cfg.labels),
+                       warnings=warnings, source=f"Label Studio project {project_id}")
+    return inp, cfg, tasks
+
+
+def flag_disagreements(client, result: CompareResult, cfg: ProjectConfig, tasks: list,
+                       max_flags: int | None = None) -> tuple[list[int], str]:
+    """Replace earlier review predictions, then add one per disagreement task (see module doc)."""
+    for t in tasks:
+        for p in _get(t, "predictions") or []:
+            if _get(p, "model_version") == REVIEW_VERSION:
+                client.predictions.delete(id=_get(p, "id"))
+    meta_by_task = {int(_get(t, "id")): (_get(t, "meta") or {}) for t in tasks}
+    flagged = []
+    dis = result.disagreements[:max_flags] if max_flags else result.disagreements
+    method = "needs_review choice" + (" + reason" if cfg.reason_from else "") if cfg.review_from \
+        else "crowd-majority prediction"
+    for rank, d in enumerate(dis, 1):
+        if cfg.review_from:
+            res = [{"from_name": cfg.review_from, "to_name": cfg.to_name, "type": "choices",
+                    "value": {"choices": [cfg.review_choice]}}]
+            if cfg.reason_from:
+                res.append({"from_name": cfg.reason_from, "to_name": cfg.to_name, "type": "textarea",
+                            "value": {"text": [f"{d.kind}: {d.reason}"]}})
+        else:
+            res = [{"from_name": cfg.label_from, "to_name": cfg.to_name, "type": "choices",
+                    "value": {"choices": [d.majority or d.icm_label]}}]
+        client.predictions.create(task=d.task, result=res, score=float(min(max(d.score, 0.0), 1.0)),
+                                  model_version=REVIEW_VERSION)
+        meta = dict(meta_by_task.get(d.task) or {})
+        meta["icm_compare"] = {"kind": d.kind, "rank": rank, "score": d.score, "reason": d.reason,
+                               "votes": d.votes, "icm_label": d.icm_label, "icm_confidence": d.icm_confidence}
+        client.tasks.update(id=str(d.task), meta=meta)
+        flagged.append(d.task)
+    return flagged, method
+
+
+def compare_project(client_or_url, api_key: str | None = None, project_id: int | None = None, *,
+                    thresholds: Thresholds | None = None, flag: bool = True, label_set: list[str] | None = None,
+                    icm_model_version: str | None = None, report_path: str | Path | None = None,
+                    json_path: str | Path | None = None, max_flags: int | None = None) -> ProjectCompare:
+    """Read the project, compare, optionally write report/JSON and flag disagreement tasks."""
+    if project_id is None:
+        raise InputError("project_id is required")
+    client = _client(client_or_url, api_key)
+    inp, cfg, tasks = read_project(client, int(project_id), icm_model_version, label_set)
+    result = compare(inp, thresholds)
+    out = ProjectCompare(result=result, config=cfg)
+    if flag:
+        out.flagged, out.flag_method = flag_disagreements(client, result, cfg, tasks, max_flags)
+        result.summary["flagged_for_review"] = {"tasks": out.flagged, "method": out.flag_method,
+                                                "model_version": REVIEW_VERSION}
+    if report_path:
+        from icm_backend.compare.report_html import write_html_report
+
+        write_html_report(result, report_path, title=f"ICM vs crowd labels — Label Studio project {project_id}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result.summary, indent=2) + "\n", encoding="utf-8")
+    return out
