@@ -1,0 +1,350 @@
+"""Persistent background jobs (SQLite under MODEL_DIR) and the single worker thread that runs them.
+
+Generic on purpose: a job has a `kind` ("icm", "train", ...) and a handler registered for that kind;
+the store, progress, cancel and restart handling are shared. A job that was running when the process
+died is put back in the queue at start-up; its handler resumes from its own checkpoint files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("queued", "running")
+FINAL = ("done", "failed", "cancelled")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    project INTEGER,
+    model_version TEXT,
+    status TEXT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    error TEXT NOT NULL DEFAULT '',
+    params TEXT NOT NULL DEFAULT '{}',
+    state TEXT NOT NULL DEFAULT '{}',
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    project INTEGER NOT NULL,
+    task_id INTEGER NOT NULL,
+    model_version TEXT NOT NULL,
+    item TEXT NOT NULL,
+    pushed INTEGER NOT NULL DEFAULT 0,
+    job_id INTEGER,
+    created REAL NOT NULL,
+    PRIMARY KEY (project, task_id, model_version)
+);
+CREATE TABLE IF NOT EXISTS projects (
+    project INTEGER PRIMARY KEY,
+    label_config TEXT,
+    hostname TEXT,
+    access_token TEXT,
+    updated REAL NOT NULL
+);
+"""
+
+
+class JobCancelled(Exception):
+    """Raised inside a handler (via JobContext.check) when someone cancelled the job."""
+
+
+@dataclass
+class Job:
+    id: int
+    kind: str
+    project: int | None
+    model_version: str | None
+    status: str
+    done: int = 0
+    total: int = 0
+    message: str = ""
+    error: str = ""
+    params: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
+    cancel_requested: bool = False
+    restarts: int = 0
+    created: float = 0.0
+    updated: float = 0.0
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.pop("params")  # may hold a task snapshot: big, and not progress
+        d["progress"] = round(self.done / self.total, 4) if self.total else 0.0
+        return d
+
+
+class Store:
+    """Thread-safe SQLite access. One short-lived transaction per call; WAL so readers never block."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(SCHEMA)
+
+    def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def create_job(self, kind: str, project: int | None, model_version: str | None, params: dict) -> Job:
+        now = time.time()
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO jobs(kind, project, model_version, status, params, created, updated) "
+                "VALUES (?,?,?,?,?,?,?)", (kind, project, model_version, "queued", json.dumps(params), now, now))
+            return self.get_job(cur.lastrowid)
+
+    def get_job(self, job_id: int) -> Job | None:
+        rows = self._q("SELECT * FROM jobs WHERE id=?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def list_jobs(self, project: int | None = None, status: str | None = None, limit: int = 100) -> list[Job]:
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if project is not None:
+            sql += " AND project=?"
+            args.append(project)
+        if status:
+            sql += " AND status=?"
+            args.append(status)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [_job(r) for r in self._q(sql, tuple(args))]
+
+    def active_job(self, kind: str, project: int | None, model_version: str | None) -> Job | None:
+        rows = self._q("SELECT * FROM jobs WHERE kind=? AND project IS ? AND model_version IS ? AND status IN "
+                       "('queued','running') ORDER BY id LIMIT 1", (kind, project, model_version))
+        return _job(rows[0]) if rows else None
+
+    def next_queued(self) -> Job | None:
+        rows = self._q("SELECT * FROM jobs WHERE status='queued' ORDER BY id LIMIT 1")
+        return _job(rows[0]) if rows else None
+
+    def update_job(self, job_id: int, **fields) -> None:
+        if "state" in fields:
+            fields["state"] = json.dumps(fields["state"])
+        fields["updated"] = time.time()
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self._q(f"UPDATE jobs SET {cols} WHERE id=?", (*fields.values(), job_id))
+
+    def request_cancel(self, job_id: int) -> Job | None:
+        job = self.get_job(job_id)
+        if job is None:
+            return None
+        if job.status == "queued":
+            self.update_job(job_id, status="cancelled", cancel_requested=1, message="cancelled before start")
+        elif job.status == "running":
+            self.update_job(job_id, cancel_requested=1)
+        return self.get_job(job_id)
+
+    def requeue_interrupted(self) -> list[Job]:
+        """At start-up: jobs left 'running' by a dead process go back to the queue (or to cancelled)."""
+        rows = self._q("SELECT * FROM jobs WHERE status='running'")
+        for r in rows:
+            if r["cancel_requested"]:
+                self.update_job(r["id"], status="cancelled", message="cancelled (process restarted)")
+            else:
+                self.update_job(r["id"], status="queued", restarts=r["restarts"] + 1,
+                                message="resuming after a restart")
+        return [_job(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        return {r["status"]: r["n"] for r in self._q("SELECT status, COUNT(*) n FROM jobs GROUP BY status")}
+
+    # -- predictions ----------------------------------------------------------------------------
+    def put_predictions(self, project: int, model_version: str, items: dict[int, dict], job_id: int | None = None,
+                        pushed: bool = False) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
+                    "INSERT INTO predictions(project, task_id, model_version, item, pushed, job_id, created) "
+                    "VALUES (?,?,?,?,?,?,?) ON CONFLICT(project, task_id, model_version) DO UPDATE SET "
+                    "item=excluded.item, job_id=excluded.job_id",
+                    [(project, tid, model_version, json.dumps(item), int(pushed), job_id, now)
+                     for tid, item in items.items()])
+                self._db.execute("COMMIT")
+            except Exception:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def get_predictions(self, project: int, model_version: str, task_ids: list[int]) -> dict[int, dict]:
+        out: dict[int, dict] = {}
+        ids = list(task_ids)
+        for i in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self._q(f"SELECT task_id, item FROM predictions WHERE project=? AND model_version=? "
+                             f"AND task_id IN ({marks})", (project, model_version, *chunk)):
+                out[r["task_id"]] = json.loads(r["item"])
+        return out
+
+    def unpushed(self, project: int, model_version: str) -> dict[int, dict]:
+        return {r["task_id"]: json.loads(r["item"]) for r in self._q(
+            "SELECT task_id, item FROM predictions WHERE project=? AND model_version=? AND pushed=0",
+            (project, model_version))}
+
+    def mark_pushed(self, project: int, model_version: str, task_ids: list[int]) -> None:
+        with self._lock:
+            self._db.executemany("UPDATE predictions SET pushed=1 WHERE project=? AND model_version=? AND task_id=?",
+                                 [(project, model_version, t) for t in task_ids])
+
+    def count_predictions(self) -> int:
+        return self._q("SELECT COUNT(*) n FROM predictions")[0]["n"]
+
+    # -- projects (what /setup told us: config and where LS is) -------------------------------
+    def put_project(self, project: int, label_config: str | None, hostname: str | None,
+                    access_token: str | None) -> None:
+        self._q("INSERT INTO projects(project, label_config, hostname, access_token, updated) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(project) DO UPDATE SET label_config=COALESCE(excluded.label_config, label_config), "
+                "hostname=COALESCE(excluded.hostname, hostname), "
+                "access_token=COALESCE(excluded.access_token, access_token), updated=excluded.updated",
+                (project, label_config, hostname, access_token, time.time()))
+
+    def get_project(self, project: int) -> dict | None:
+        rows = self._q("SELECT * FROM projects WHERE project=?", (project,))
+        return dict(rows[0]) if rows else None
+
+
+def _job(r: sqlite3.Row) -> Job:
+    return Job(id=r["id"], kind=r["kind"], project=r["project"], model_version=r["model_version"],
+               status=r["status"], done=r["done"], total=r["total"], message=r["message"], error=r["error"],
+               params=json.loads(r["params"]), state=json.loads(r["state"]),
+               cancel_requested=bool(r["cancel_requested"]), restarts=r["restarts"],
+               created=r["created"], updated=r["updated"])
+
+
+@dataclass
+class JobContext:
+    """What a handler gets: its job, progress reporting, cancel checks, a place for checkpoint files."""
+
+    job: Job
+    store: Store
+    workdir: Path
+    services: object = None  # the server's Backend (config, engine, LS access) for handlers that need it
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        self.check()
+        self.job.done, self.job.total = done, total
+        self.store.update_job(self.job.id, done=done, total=total, message=message[:500])
+        log.info("job %d (%s, project %s): %d/%d %s", self.job.id, self.job.kind, self.job.project,
+                 done, total, message)
+
+    def save_state(self, state: dict) -> None:
+        self.job.state = state
+        self.store.update_job(self.job.id, state=state)
+
+    def check(self) -> None:
+        job = self.store.get_job(self.job.id)
+        if job is not None and job.cancel_requested:
+            raise JobCancelled()
+
+
+Handler = Callable[[JobContext], str | None]  # returns a final message
+
+
+class JobRunner:
+    """One worker thread: jobs run one at a time (one model, two CPU cores: parallel jobs only thrash)."""
+
+    def __init__(self, store: Store, workroot: Path, handlers: dict[str, Handler] | None = None,
+                 poll_s: float = 0.5, services: object = None):
+        self.store = store
+        self.services = services
+        self.workroot = Path(workroot)
+        self.handlers: dict[str, Handler] = dict(handlers or {})
+        self.poll_s = poll_s
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._start_lock = threading.Lock()
+
+    def register(self, kind: str, handler: Handler) -> None:
+        self.handlers[kind] = handler
+
+    def submit(self, kind: str, project: int | None, model_version: str | None, params: dict) -> Job:
+        if kind not in self.handlers:
+            raise ValueError(f"kind: no job handler registered for {kind!r}")
+        job = self.store.create_job(kind, project, model_version, params)
+        log.info("job %d queued: %s for project %s (%s)", job.id, kind, project, model_version)
+        self.ensure_started()
+        self._wake.set()
+        return job
+
+    def ensure_started(self) -> None:
+        """Idempotent. Called lazily: with gunicorn --preload the app is built before the fork, and a
+        thread started in the master would not exist in the worker."""
+        with self._start_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            for job in self.store.requeue_interrupted():
+                log.info("job %d (%s) was interrupted by a restart; resuming", job.id, job.kind)
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="icm-job-runner", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            job = self.store.next_queued()
+            if job is None:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        handler = self.handlers.get(job.kind)
+        if handler is None:
+            self.store.update_job(job.id, status="failed", error=f"no handler for kind {job.kind!r}")
+            return
+        self.store.update_job(job.id, status="running")
+        job.status = "running"
+        ctx = JobContext(job=job, store=self.store, workdir=self.workroot / f"job-{job.id}",
+                         services=self.services)
+        ctx.workdir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        try:
+            message = handler(ctx) or "done"
+            self.store.update_job(job.id, status="done", message=message)
+            log.info("job %d done in %.1fs: %s", job.id, time.monotonic() - t0, message)
+        except JobCancelled:
+            self.store.update_job(job.id, status="cancelled", message="cancelled")
+            log.info("job %d cancelled", job.id)
+        except Exception as exc:  # a job failure must never kill the worker thread
+            log.exception("job %d failed", job.id)
+            self.store.update_job(job.id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """For tests and benches: block until no job is queued or running."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            counts = self.store.counts()
+            if not any(counts.get(s) for s in ACTIVE):
+                return True
+            time.sleep(0.05)
+        return False

@@ -1,0 +1,101 @@
+"""Engine Predictions -> Label Studio prediction JSON ({"result": [...], "score", "model_version"})."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from icm_backend.server.label_config import ProjectSpec
+from icm_backend.server.rows import RowSet
+from icm_backend.types import Prediction
+
+# Without a review block the only place a flag can show is the score column: flagged tasks get
+# their score halved so "sort by prediction score ascending" puts them first.
+FLAGGED_SCORE_FACTOR = 0.5
+
+
+@dataclass
+class TaskPrediction:
+    task_id: int
+    result: list[dict]
+    score: float | None
+    flagged: bool = False
+    reason: str = ""
+
+    def to_ls(self, model_version: str) -> dict:
+        item = {"result": self.result, "model_version": model_version}
+        if self.score is not None:
+            item["score"] = self.score
+        return item
+
+
+def empty(task_id: int, reason: str = "") -> TaskPrediction:
+    return TaskPrediction(task_id=task_id, result=[], score=None, reason=reason)
+
+
+def review_reason(task_id: int, pred: Prediction, rowset: RowSet, threshold: float) -> str:
+    """One line per flag, naming the other LS task ids (never engine row indices)."""
+    parts = []
+    for flag in pred.flags:
+        others = sorted({rowset.task_ids[j] for j in flag.get("with", []) if 0 <= j < len(rowset.task_ids)}
+                        - {task_id})
+        kind = flag.get("type", "flag")
+        if kind == "inconsistent":
+            who = ", ".join(f"#{t}" for t in others) or "another task"
+            parts.append(f"inconsistent with task {who}: {flag.get('reason', '')}".rstrip(": "))
+        elif kind == "low_confidence":
+            parts.append(f"low confidence {pred.confidence:.2f} < {threshold:.2f}")
+        else:
+            parts.append(f"{kind}: {flag.get('reason', '')}")
+    return "; ".join(parts)
+
+
+def build(spec: ProjectSpec, rowset: RowSet, preds: list[Prediction], threshold: float) -> dict[int, TaskPrediction]:
+    """Map engine predictions (one per row) to one TaskPrediction per LS task id."""
+    by_row = {p.index: p for p in preds}
+    out: dict[int, TaskPrediction] = {}
+    for tid, reason in rowset.skipped.items():
+        out[tid] = empty(tid, reason)
+    for tid, row_idx in rowset.primary.items():
+        pred = by_row.get(row_idx)
+        if pred is None:
+            out[tid] = empty(tid, "no prediction from the engine")
+            continue
+        conf = max(0.0, min(1.0, float(pred.confidence)))
+        flags = list(pred.flags)
+        if conf < threshold and not any(f.get("type") == "low_confidence" for f in flags):
+            flags.append({"type": "low_confidence", "with": [], "reason": ""})
+        pred = Prediction(index=pred.index, label=pred.label, confidence=conf, flags=flags)
+        flagged = bool(flags)
+        reason = review_reason(tid, pred, rowset, threshold) if flagged else ""
+        result = [_label_result(spec, pred, conf)]
+        score = conf
+        if flagged and spec.has_review:
+            result += _review_results(spec, reason)
+        elif flagged:
+            score = conf * FLAGGED_SCORE_FACTOR
+        out[tid] = TaskPrediction(task_id=tid, result=result, score=round(score, 6), flagged=flagged, reason=reason)
+    return out
+
+
+def _label_result(spec: ProjectSpec, pred: Prediction, conf: float) -> dict:
+    if spec.control_type == "pairwise":
+        is_true = str(pred.label).lower() == "true"
+        return {"from_name": spec.from_name, "to_name": spec.to_name, "type": "pairwise",
+                "value": {"selected": "left" if is_true else "right"}, "score": conf}
+    value = pred.label
+    if spec.task == "claims":  # engine speaks True/False; the config may spell them "true"/"FALSE"
+        value = spec.choice_values[0] if str(pred.label).lower() == "true" else spec.choice_values[1]
+    return {"from_name": spec.from_name, "to_name": spec.to_name, "type": "choices",
+            "value": {"choices": [value]}, "score": conf}
+
+
+def _review_results(spec: ProjectSpec, reason: str) -> list[dict]:
+    out = []
+    to_name = spec.review.to_name or spec.to_name
+    if spec.review.choices_name:
+        out.append({"from_name": spec.review.choices_name, "to_name": to_name, "type": "choices",
+                    "value": {"choices": [spec.review.choice_value]}})
+    if spec.review.reason_name:
+        out.append({"from_name": spec.review.reason_name, "to_name": to_name, "type": "textarea",
+                    "value": {"text": [reason]}})
+    return out

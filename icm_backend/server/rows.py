@@ -1,0 +1,75 @@
+"""Label Studio tasks -> ICM rows (and back): the only place that knows both shapes.
+
+Row indices are what the engine's flags name; `RowSet.task_ids[i]` maps them back to LS task ids so a
+review reason can say "conflicts with task #12".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from icm_backend.server.label_config import FIELD_ALIASES, ProjectSpec
+
+
+@dataclass
+class RowSet:
+    rows: list[dict] = field(default_factory=list)
+    task_ids: list[int] = field(default_factory=list)  # row index -> LS task id
+    primary: dict[int, int] = field(default_factory=dict)  # LS task id -> the row whose label is the task's
+    skipped: dict[int, str] = field(default_factory=dict)  # LS task id -> why it has no row (empty result)
+
+
+def _get(data: dict, key: str | None, aliases: tuple[str, ...] = ()) -> object:
+    for k in ((key,) if key else ()) + aliases:
+        if k in data and data[k] not in (None, ""):
+            return data[k]
+    return None
+
+
+def tasks_to_rows(spec: ProjectSpec, tasks: list[dict]) -> RowSet:
+    out = RowSet()
+    for task in tasks:
+        tid = task["id"]
+        data = task.get("data") or {}
+        if spec.task == "classify":
+            text = _get(data, spec.fields["text"])
+            if text is None:
+                out.skipped[tid] = f"task data has no {spec.fields['text']!r} field"
+                continue
+            _add(out, tid, {"text": str(text)}, primary=True)
+        elif spec.task == "claims":
+            claim = _get(data, spec.fields["choice"], FIELD_ALIASES["choice"])
+            if claim is None:
+                out.skipped[tid] = f"task data has no {spec.fields['choice']!r} field"
+                continue
+            row = {"question": str(_get(data, spec.fields.get("question"), FIELD_ALIASES["question"]) or ""),
+                   "choice": str(claim)}
+            group = _get(data, None, FIELD_ALIASES["consistency_id"])
+            if group is not None:
+                row["consistency_id"] = str(group)
+                answer = _get(data, None, FIELD_ALIASES["answer"])
+                if answer is not None:
+                    row["answer"] = str(answer)
+            _add(out, tid, row, primary=True)
+        elif spec.task == "comparison":
+            a = _get(data, spec.fields["choice"])
+            b = _get(data, spec.fields["choice_2"])
+            if a is None or b is None:
+                out.skipped[tid] = f"task data needs both {spec.fields['choice']!r} and {spec.fields['choice_2']!r}"
+                continue
+            q = str(_get(data, spec.fields.get("question"), FIELD_ALIASES["question"]) or "")
+            group = str(_get(data, None, FIELD_ALIASES["consistency_id"]) or f"task-{tid}")
+            # Both orders of the pair in one group: the engine's asymmetry rule ("A better than B" and
+            # "B better than A", exactly one True) is what keeps ICM off the all-True answer.
+            _add(out, tid, {"question": q, "choice": str(a), "choice_2": str(b), "consistency_id": group}, True)
+            _add(out, tid, {"question": q, "choice": str(b), "choice_2": str(a), "consistency_id": group}, False)
+        else:  # pragma: no cover - parse_label_config only yields the three presets
+            raise AssertionError(spec.task)
+    return out
+
+
+def _add(out: RowSet, tid: int, row: dict, primary: bool) -> None:
+    if primary:
+        out.primary[tid] = len(out.rows)
+    out.rows.append(row)
+    out.task_ids.append(tid)

@@ -1,0 +1,133 @@
+"""What the HTTP routes call: the backend's state and the /predict decision (store, in-request, or job).
+
+/predict has 100 s on the LS side for the whole selection. Three paths, cheapest first:
+1. tasks already labelled under the served version come from the SQLite store (milliseconds);
+2. a small remainder (<= ICM_SYNC_MAX_TASKS) is labelled by ICM inside the request;
+3. a large remainder gets fast provisional predictions (zero-shot, version "<v>-provisional", which LS
+   will ask about again) and one background ICM job over the whole project, which writes its
+   predictions into LS under the served version.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from icm_backend.server import predictions as P
+from icm_backend.server.config import ServerConfig
+from icm_backend.server.engine import Engine
+from icm_backend.server.events import DEFAULT_EVENTS, EventRegistry
+from icm_backend.server.icm_job import ICMJob
+from icm_backend.server.jobs import JobRunner, Store
+from icm_backend.server.label_config import ProjectSpec
+from icm_backend.server.metrics import Metrics
+from icm_backend.server.versions import current_model_version, list_versions
+
+log = logging.getLogger(__name__)
+
+# Other features add job kinds here before the app is built (e.g. JOB_KINDS["train"] = factory);
+# a factory takes the Backend and returns a handler(JobContext) -> message.
+JOB_KINDS: dict[str, object] = {"icm": lambda backend: ICMJob(backend.engine, backend.store)}
+
+
+def register_job_kind(kind: str, factory) -> None:
+    JOB_KINDS[kind] = factory
+
+
+class _OverBudget(Exception):
+    pass
+
+
+@dataclass
+class Backend:
+    config: ServerConfig
+    engine: Engine
+    store: Store
+    runner: JobRunner
+    events: EventRegistry = field(default_factory=lambda: DEFAULT_EVENTS)
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @classmethod
+    def create(cls, config: ServerConfig, engine: Engine | None = None,
+               events: EventRegistry | None = None) -> "Backend":
+        config.model_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(config.db_path)
+        runner = JobRunner(store, config.model_dir / "jobs")
+        backend = cls(config=config, engine=engine or Engine(config), store=store, runner=runner,
+                      events=events or DEFAULT_EVENTS)
+        runner.services = backend
+        for kind, factory in JOB_KINDS.items():
+            runner.register(kind, factory(backend))
+        return backend
+
+    # -- versions ---------------------------------------------------------------------------
+    def model_version(self) -> str:
+        return current_model_version(self.config.model_dir, self.config.model_name)
+
+    def versions(self) -> list[str]:
+        return list_versions(self.config.model_dir, self.config.model_name)
+
+    # -- predict ----------------------------------------------------------------------------
+    def predict(self, project: int, spec: ProjectSpec, label_config: str, tasks: list[dict]) -> list[dict]:
+        version = self.model_version()
+        ids = [t["id"] for t in tasks]
+        items: dict[int, dict] = self.store.get_predictions(project, version, ids)
+        self.metrics.inc("icm_predict_tasks_total", len(items), source="store")
+        missing = [t for t in tasks if t["id"] not in items]
+        if missing and len(missing) <= self.config.sync_max_tasks:
+            items.update(self._label_now(project, spec, missing, version))
+        elif missing:
+            job = self.ensure_job(project, label_config, tasks, version)
+            log.info("predict: %d of %d tasks not labelled yet; job %d (%s) runs ICM over project %s",
+                     len(missing), len(tasks), job.id, job.status, project)
+            items.update(self._provisional(spec, missing, version))
+        return [items.get(i) or P.empty(i).to_ls(version) for i in ids]
+
+    def ensure_job(self, project: int, label_config: str, tasks: list[dict], version: str):
+        job = self.store.active_job("icm", project, version)
+        if job is None:
+            job = self.runner.submit("icm", project, version, {
+                "label_config": label_config, "method": self.config.method,
+                # fallback when LS is unreachable: label at least what this request sent
+                "tasks": [{"id": t["id"], "data": t.get("data") or {}} for t in tasks],
+            })
+            self.metrics.inc("icm_jobs_submitted_total", kind="icm")
+        return job
+
+    def _label_now(self, project: int, spec: ProjectSpec, tasks: list[dict], version: str) -> dict[int, dict]:
+        t0 = time.monotonic()
+        try:
+            preds = self.engine.label(spec, tasks, method=self.config.method)
+        except Exception:
+            log.exception("predict: labelling %d tasks in the request failed; returning empty results", len(tasks))
+            self.metrics.inc("icm_predict_errors_total", len(tasks))
+            return {}
+        items = {tid: p.to_ls(version) for tid, p in preds.items()}
+        # LS saves what /predict returns, so these count as pushed (a later job must not add duplicates).
+        self.store.put_predictions(project, version, {t: v for t, v in items.items() if v["result"]}, pushed=True)
+        self.metrics.inc("icm_predict_tasks_total", len(items), source="request")
+        log.info("predict: labelled %d tasks in the request in %.1fs", len(tasks), time.monotonic() - t0)
+        return items
+
+    def _provisional(self, spec: ProjectSpec, tasks: list[dict], version: str) -> dict[int, dict]:
+        method = self.config.provisional_method
+        if method in ("", "none") or len(tasks) > self.config.provisional_max_tasks:
+            return {}
+        deadline = time.monotonic() + self.config.provisional_budget_s
+
+        def guard(done: int, total: int, msg: str = "") -> None:
+            if time.monotonic() > deadline:
+                raise _OverBudget()
+
+        try:
+            preds = self.engine.label(spec, tasks, method=method, progress=guard)
+        except _OverBudget:
+            log.warning("predict: provisional %s over %.0fs budget; empty results until the job writes them",
+                        method, self.config.provisional_budget_s)
+            return {}
+        except Exception:
+            log.exception("predict: provisional labelling failed; empty results until the job writes them")
+            return {}
+        self.metrics.inc("icm_predict_tasks_total", len(preds), source="provisional")
+        return {tid: p.to_ls(f"{version}-provisional") for tid, p in preds.items()}

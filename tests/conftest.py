@@ -1,0 +1,49 @@
+"""Shared fixtures. Add yours below; do not rewrite others'.
+
+- `shared_dir` / `ls_fixtures_dir`: the shared data and captured Label Studio requests
+  (../shared relative to the repo root, as in CI).
+- `label_studio`: a REAL Label Studio 1.23.2 for the whole session (see tests/label_studio_harness.py):
+  `.url`, `.token`, `.client` (label-studio-sdk LabelStudio), `.headers`, `.log_tail()`.
+  Skips when no label-studio binary is found (ICM_LABEL_STUDIO_BIN / .venv-ls / /opt/ls-venv).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+sys.path.insert(0, str(TESTS))  # harness and fakes import as plain modules
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return Path(os.environ.get("ICM_SHARED_DIR", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def ls_fixtures_dir(shared_dir) -> Path:
+    d = shared_dir / "fixtures" / "label-studio-1.23.2"
+    if not d.is_dir():
+        pytest.skip(f"captured Label Studio requests not found at {d}")
+    return d
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    from label_studio_harness import LabelStudioServer, find_label_studio_bin
+
+    binary = find_label_studio_bin()
+    if binary is None:
+        pytest.skip("label-studio binary not found (set ICM_LABEL_STUDIO_BIN or create .venv-ls)")
+    server = LabelStudioServer.start(tmp_path_factory.mktemp("label-studio"), binary=binary)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,42 @@
+"""A stand-in with label_rows' signature: deterministic, instant, exercises flags and checkpoints.
+
+Usable in-process (Engine(labeler=fake_label_rows)) or in a server subprocess via
+ICM_LABELER=fake_labeler:fake_label_rows (with tests/ on PYTHONPATH).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from icm_backend.types import Prediction
+
+CALLS: list[dict] = []
+
+
+def fake_label_rows(rows, task, labels=None, method="icm", model=None, seed=0, checkpoint=None, progress=None):
+    CALLS.append({"n": len(rows), "task": task, "method": method, "checkpoint": checkpoint})
+    words = list(labels) if labels else ["True", "False"]
+    delay = float(os.environ.get("FAKE_LABELER_DELAY", "0"))
+    done = {}
+    if checkpoint and Path(checkpoint).exists():
+        done = {int(k): v for k, v in json.loads(Path(checkpoint).read_text()).items()}
+    preds = []
+    for i, row in enumerate(rows):
+        if i not in done:
+            if delay:
+                time.sleep(delay)
+            key = str(row.get("text") or row.get("choice") or "")
+            done[i] = [words[len(key) % len(words)], 0.5 + (len(key) % 5) / 10]
+            if checkpoint:
+                Path(checkpoint).write_text(json.dumps(done))
+        if progress:
+            progress(i + 1, len(rows), "fake")
+        label, conf = done[i]
+        flags = []
+        if len(rows) > 1 and i in (0, 1):  # rows 0 and 1 conflict, always
+            flags.append({"type": "inconsistent", "with": [1 - i], "reason": "rows disagree"})
+        preds.append(Prediction(index=i, label=label, confidence=conf, flags=flags))
+    return preds

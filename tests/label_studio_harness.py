@@ -1,0 +1,158 @@
+"""Start a REAL Label Studio 1.23.2 for tests: fresh data dir, free port, own process group.
+
+Reusable outside pytest too:
+
+    with LabelStudioServer.start(tmp_dir) as ls:
+        ls.client.projects.create(...)
+
+Label Studio lives in its own venv (its deps clash with ours); the binary comes from env
+ICM_LABEL_STUDIO_BIN, else `.venv-ls/bin/label-studio` in the repo, else /opt/ls-venv/bin/label-studio.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_BINS = (REPO / ".venv-ls" / "bin" / "label-studio", Path("/opt/ls-venv/bin/label-studio"))
+# Cold start with a fresh data dir runs all migrations (~25 s on a laptop); CI machines are slower.
+START_TIMEOUT_S = float(os.environ.get("ICM_LABEL_STUDIO_START_TIMEOUT", "240"))
+
+
+def find_label_studio_bin() -> Path | None:
+    env = os.environ.get("ICM_LABEL_STUDIO_BIN")
+    if env:
+        return Path(env) if Path(env).exists() else None
+    for cand in DEFAULT_BINS:
+        if cand.exists():
+            return cand
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _clean_env() -> dict:
+    # LS reads LABEL_STUDIO_X, then HEARTEX_X, then plain X: a stray USERNAME/PORT/HOST leaks in.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("USERNAME", "PASSWORD", "PORT", "HOST", "DATABASE_URL", "DJANGO_DB")
+           and not k.startswith(("LABEL_STUDIO_", "HEARTEX_"))}
+    return env
+
+
+@dataclass
+class LabelStudioServer:
+    url: str
+    token: str  # legacy API token (works as `Authorization: Token <token>` and as SDK api_key)
+    username: str
+    password: str
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    _client: object = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, data_dir: Path, binary: Path | None = None, port: int | None = None) -> "LabelStudioServer":
+        binary = binary or find_label_studio_bin()
+        if binary is None:
+            raise FileNotFoundError("label-studio binary not found (set ICM_LABEL_STUDIO_BIN)")
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        port = port or free_port()
+        token = secrets.token_hex(20)  # 40 hex chars, as LS expects for a user token
+        password = secrets.token_urlsafe(12)
+        username = "admin@example.com"
+        env = _clean_env()
+        env.update({
+            "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+            "LABEL_STUDIO_USERNAME": username,
+            "LABEL_STUDIO_PASSWORD": password,
+            "LABEL_STUDIO_USER_TOKEN": token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            # Both are needed for an ML backend on 127.0.0.1 with LS >= 1.23.1.
+            "ML_BLOCK_LOCAL_IP": "false",
+            "SSRF_PROTECTION_ENABLED": "false",
+            "SENTRY_DSN": "",
+            "COLLECT_ANALYTICS": "false",
+            "LATEST_VERSION_CHECK": "false",
+        })
+        log_path = data_dir / "label-studio.log"
+        log = open(log_path, "wb")
+        proc = subprocess.Popen(
+            [str(binary), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(data_dir),
+            start_new_session=True,  # own process group: teardown kills LS and its children together
+        )
+        server = cls(url=f"http://127.0.0.1:{port}", token=token, username=username, password=password,
+                     data_dir=data_dir, log_path=log_path, process=proc)
+        try:
+            server._wait_ready()
+        except Exception:
+            server.stop()
+            raise
+        return server
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"label-studio exited with {self.process.returncode}; log:\n{self.log_tail()}")
+            try:
+                # /health answers before the user exists; an authenticated call proves both are ready
+                r = requests.get(self.url + "/api/projects", headers=self.headers, timeout=3)
+                if r.status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"label-studio not ready after {START_TIMEOUT_S:.0f}s; log:\n{self.log_tail()}")
+
+    @property
+    def headers(self) -> dict:
+        return {"Authorization": f"Token {self.token}"}
+
+    @property
+    def client(self):
+        if self._client is None:
+            from label_studio_sdk import LabelStudio
+
+            self._client = LabelStudio(base_url=self.url, api_key=self.token)
+        return self._client
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_bytes()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> "LabelStudioServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
