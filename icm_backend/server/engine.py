@@ -8,6 +8,7 @@ mutate it, and each label_rows call builds its own scorer.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import threading
@@ -76,7 +77,10 @@ class Engine:
         rowset = tasks_to_rows(spec, tasks)
         preds = []
         if rowset.rows:
+            extra = {}
+            if "review_threshold" in inspect.signature(self.labeler).parameters:
+                extra["review_threshold"] = self.config.review_threshold
             preds = self.labeler(
                 rowset.rows, spec.task, labels=spec.labels if spec.task == "classify" else None, method=method,
-                model=self.model(), seed=self.config.seed, checkpoint=checkpoint, progress=progress)
+                model=self.model(), seed=self.config.seed, checkpoint=checkpoint, progress=progress, **extra)
         return P.build(spec, rowset, list(preds), self.config.review_threshold)

@@ -100,7 +100,8 @@ def parse_label_config(xml: str) -> ProjectSpec:
             review.reason_name = el.get("name")
             review.to_name = review.to_name or el.get("toName", "")
 
-    all_vars = {v for _, v in objects.values() if v}
+    # Every $field the config shows, named or not (a <Header value="$question"/> has no name).
+    all_vars = {_var(el.get("value")) for el in root.iter() if _var(el.get("value"))}
 
     def pick(key: str) -> str | None:
         return next((a for a in FIELD_ALIASES[key] if a in all_vars), None)
@@ -116,8 +117,9 @@ def parse_label_config(xml: str) -> ProjectSpec:
         if pick("question"):
             fields["question"] = pick("question")
         review.to_name = review.to_name or to_names[0]
+        # LS stores pairwise results with to_name == the Pairwise tag's own name.
         return ProjectSpec(task="comparison", labels=["True", "False"], from_name=el.get("name"),
-                           to_name=el.get("toName"), control_type="pairwise", fields=fields, review=review)
+                           to_name=el.get("name"), control_type="pairwise", fields=fields, review=review)
 
     if not main_choices:
         raise LabelConfigError(
