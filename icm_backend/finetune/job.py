@@ -1,0 +1,175 @@
+"""The "train" job: Label Studio annotations -> a new model version, run by the server's job runner.
+
+The job fetches the project's tasks, builds the training set (bad input fails the job here with a
+message that names the problem), then trains in a *child process* (icm_backend.finetune.worker):
+training memory is returned to the OS when it ends, the served model is never touched, and a crash
+or kill of the trainer fails this job with the reason instead of taking the server down. The child
+writes the version atomically and switches MODEL_DIR/versions/CURRENT only at its very end.
+
+A job found 'running' after a server restart (the runner requeues those) is failed, not rerun: a
+half-done training is worthless and the serving version is still the previous one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+from icm_backend.errors import InputError
+from icm_backend.finetune.data import TrainingSet, fetch_ls_tasks, training_set_from_ls_tasks
+from icm_backend.finetune.lora import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """From the environment (the server's process env), documented in docs/finetune.md."""
+
+    include_icm: bool = False  # ICM_TRAIN_INCLUDE_ICM: also train on confident ICM labels of unreviewed tasks
+    min_confidence: float = 0.9  # ICM_TRAIN_MIN_CONFIDENCE
+    max_steps: int = 48  # ICM_TRAIN_MAX_STEPS
+    batch_size: int = 8  # ICM_TRAIN_BATCH_SIZE
+    learning_rate: float = 3e-4  # ICM_TRAIN_LR
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "TrainSettings":
+        env = os.environ if env is None else env
+        d = cls()
+
+        def num(name, cast, default):
+            raw = env.get(name)
+            if raw in (None, ""):
+                return default
+            try:
+                return cast(raw)
+            except ValueError:
+                raise InputError(f"{name}={raw!r}: expected a number") from None
+
+        return cls(
+            include_icm=str(env.get("ICM_TRAIN_INCLUDE_ICM", "")).lower() in ("1", "true", "yes", "on"),
+            min_confidence=num("ICM_TRAIN_MIN_CONFIDENCE", float, d.min_confidence),
+            max_steps=num("ICM_TRAIN_MAX_STEPS", int, d.max_steps),
+            batch_size=num("ICM_TRAIN_BATCH_SIZE", int, d.batch_size),
+            learning_rate=num("ICM_TRAIN_LR", float, d.learning_rate),
+        )
+
+
+def explain_empty(project: int, tasks: list[dict], ts: TrainingSet) -> str:
+    """The job's failure message when nothing is trainable: say what was found and why it was dropped."""
+    n_ann = sum(len(t.get("annotations") or []) for t in tasks)
+    if n_ann == 0:
+        return (f"project {project} has no annotations to train on ({len(tasks)} tasks, 0 annotations); "
+                "label some tasks in Label Studio first")
+    reasons = "; ".join(f"task {s['task']} annotation {s['annotation']}: {s['reason']}" for s in ts.skipped[:10])
+    more = f" (+{len(ts.skipped) - 10} more)" if len(ts.skipped) > 10 else ""
+    return f"project {project}: none of {n_ann} annotations is usable for training: {reasons}{more}"
+
+
+class TrainJob:
+    """handler(JobContext) -> final message. Registered as job kind "train"."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def ls_credentials(self, project: int) -> tuple[str, str]:
+        from icm_backend.server.ls_client import LabelStudioUnavailable
+
+        cfg = self.backend.config
+        known = self.backend.store.get_project(project) or {}
+        url = cfg.label_studio_url or known.get("hostname")
+        key = cfg.label_studio_api_key or known.get("access_token")
+        if not url or not key:
+            raise LabelStudioUnavailable("cannot read annotations: LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are "
+                                         "not set and /setup gave no hostname/access_token")
+        return url, key
+
+    def __call__(self, ctx) -> str:
+        from icm_backend.finetune.trigger import trigger_for
+        from icm_backend.server.label_config import parse_label_config
+
+        job, project = ctx.job, ctx.job.project
+        try:
+            if job.restarts:
+                last = (job.state or {}).get("last_progress", "before the first step")
+                raise RuntimeError(f"training was interrupted (the server or its worker stopped; last progress: "
+                                   f"{last}); the serving version is unchanged. Start training again.")
+            return self._train(ctx, parse_label_config)
+        finally:
+            trigger_for(self.backend).finished(project, {"trigger": "follow-up", **{
+                k: v for k, v in job.params.items() if k == "label_config"}})
+
+    def _train(self, ctx, parse_label_config) -> str:
+        job, project = ctx.job, ctx.job.project
+        settings = TrainSettings.from_env()
+        url, key = self.ls_credentials(project)
+        ctx.progress(0, settings.max_steps, "fetching annotations from Label Studio")
+        label_config = job.params.get("label_config") or (self.backend.store.get_project(project) or {}).get("label_config")
+        if not label_config:
+            from icm_backend.finetune.data import fetch_ls_project
+
+            label_config = fetch_ls_project(url, key, project).get("label_config")
+        spec = parse_label_config(label_config)
+        tasks = fetch_ls_tasks(url, key, project)
+        ts = training_set_from_ls_tasks(tasks, spec, settings.include_icm, settings.min_confidence)
+        if not ts.rows:
+            raise InputError(explain_empty(project, tasks, ts))
+        if len({r.label for r in ts.rows}) < 2:
+            raise InputError(f"project {project}: all {len(ts.rows)} usable annotations say {ts.rows[0].label!r}; "
+                             "fine-tuning needs examples of at least two labels")
+        log.info("project %s: %s", project, ts.summary())
+        spec_file = ctx.workdir / "train_request.json"
+        spec_file.write_text(json.dumps({
+            "model_dir": str(self.backend.config.model_dir),
+            "base_model": self.backend.config.model_name,
+            "task": spec.task, "labels": spec.labels,
+            "rows": [asdict(r) for r in ts.rows], "skipped": ts.skipped, "conflicts": ts.conflicts,
+            "config": asdict(TrainConfig(max_steps=settings.max_steps, batch_size=settings.batch_size,
+                                         learning_rate=settings.learning_rate)),
+            "extra_metrics": {"project": project, "job": job.id, "trigger": job.params.get("trigger"),
+                              "include_icm": settings.include_icm, "min_confidence": settings.min_confidence},
+        }))
+        result = self._run_worker(ctx, spec_file, settings.max_steps, ts.summary())
+        return (f"trained version {result['version']} on {ts.summary()}; {result['steps']} steps "
+                f"({result['stopped']}), held-out accuracy {result.get('heldout_accuracy')}; now serving it")
+
+    def _run_worker(self, ctx, spec_file, max_steps: int, summary: str) -> dict:
+        from icm_backend.server.jobs import JobCancelled
+
+        cmd = [sys.executable, "-m", "icm_backend.finetune.worker", str(spec_file)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # its own group: cancel kills it and its threads
+        (ctx.workdir / "worker.pid").write_text(str(proc.pid))
+        ctx.save_state({"pid": proc.pid, "last_progress": "starting the trainer"})
+        final = None
+        try:
+            for line in proc.stdout:  # one JSON object per line: progress, then the final result
+                try:
+                    msg = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if msg.get("event") == "progress":
+                    text = f"step {msg['step']}/{msg['total']} " + " ".join(f"{k}={v}" for k, v in msg["info"].items())
+                    ctx.save_state({"pid": proc.pid, "last_progress": text})
+                    ctx.progress(msg["step"], msg["total"], text)  # raises JobCancelled when cancelled
+                elif msg.get("event") == "done":
+                    final = msg
+        except JobCancelled:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        err = proc.stderr.read()
+        rc = proc.wait()
+        if rc != 0 or final is None:
+            if rc < 0:
+                why = f"the training process was killed by {signal.Signals(-rc).name}"
+            else:
+                tail = [l for l in err.strip().splitlines() if l.strip()]
+                why = tail[-1] if tail else f"the training process exited with code {rc}"
+            raise RuntimeError(f"training failed: {why}; the serving version is unchanged")
+        return final

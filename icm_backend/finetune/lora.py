@@ -1,0 +1,296 @@
+"""LoRA training on (prompt, label word) pairs with the loss on the label token only.
+
+Why label-only loss: the engine reads one distribution, at the cue, over the label words. Training the
+same thing is the objective we care about, and it is cheap: run the backbone for hidden states, take
+the hidden state at the last prompt position, and apply lm_head only there (a full-sequence lm_head on
+a 262k-vocab model like Gemma 3 costs most of the step time).
+
+Plans: on CUDA with bitsandbytes, QLoRA over the 4-bit NF4 model (prepare_model_for_kbit_training);
+elsewhere bf16 weights with fp32 LoRA adapters. The QLoRA path is unit-tested for its selection only
+and is unverified on a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from icm_backend.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"  # every linear layer but lm_head
+    learning_rate: float = 3e-4
+    batch_size: int = 8
+    max_steps: int = 48  # cap: a CPU run on a few hundred labels finishes in minutes
+    eval_every: int = 8  # steps between held-out evaluations (early stopping)
+    patience: int = 2  # evaluations without held-out improvement before stopping
+    holdout_fraction: float = 0.2  # of the accepted labels; 0 disables early stopping
+    min_holdout: int = 4  # fewer accepted labels than this*2: no held-out slice, train max_steps
+    max_length: int = 256  # prompt tokens kept (from the end: the cue must survive)
+    loss: str = "restricted"  # "restricted": softmax over the label words; "full": full vocabulary
+    seed: int = 0
+
+
+@dataclass
+class TrainPlan:
+    kind: str  # "qlora" | "lora"
+    quantize: str  # what to pass to load_lm
+    device: str
+    gradient_checkpointing: bool
+    note: str
+
+
+def choose_plan(device: str | None = None, has_bnb: bool | None = None) -> TrainPlan:
+    """QLoRA where it exists (CUDA + bitsandbytes); bf16 LoRA otherwise."""
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if has_bnb is None:
+        try:
+            import bitsandbytes  # noqa: F401
+
+            has_bnb = True
+        except Exception:
+            has_bnb = False
+    if device == "cuda" and has_bnb:
+        return TrainPlan("qlora", "4bit", device, True, "QLoRA on the 4-bit NF4 model (unverified on GPU in CI)")
+    return TrainPlan("lora", "none", device, False, f"bf16 base weights, fp32 LoRA adapters on {device}")
+
+
+def prepare_for_training(model, plan: TrainPlan):
+    """k-bit preparation for QLoRA (casts norms to fp32, enables input grads for checkpointing)."""
+    if plan.kind == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing)
+    return model
+
+
+@dataclass
+class Example:
+    prompt: str
+    label: str
+
+
+@dataclass
+class TrainResult:
+    model: object  # the peft model (adapter weights = best held-out checkpoint)
+    metrics: dict = field(default_factory=dict)
+
+
+def split_holdout(examples: list[Example], cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
+    """Stratified held-out slice (per label, so a rare class is not all held out or all trained)."""
+    n_hold = int(round(len(examples) * cfg.holdout_fraction))
+    if cfg.holdout_fraction <= 0 or n_hold < cfg.min_holdout or len(examples) - n_hold < cfg.min_holdout:
+        return list(examples), []
+    rng = random.Random(cfg.seed)
+    by_label: dict[str, list[Example]] = {}
+    for ex in examples:
+        by_label.setdefault(ex.label, []).append(ex)
+    train, hold = [], []
+    for label in sorted(by_label):
+        group = by_label[label][:]
+        rng.shuffle(group)
+        k = int(round(len(group) * cfg.holdout_fraction))
+        hold += group[:k]
+        train += group[k:]
+    return train, hold
+
+
+class LabelTokenTrainer:
+    """Holds the tokenised data and does forward passes that score only the label position."""
+
+    def __init__(self, model, tokenizer, label_words: list[str], cfg: TrainConfig, device: str):
+        import torch
+
+        self.model, self.tok, self.cfg, self.device = model, tokenizer, cfg, device
+        self.label_words = list(label_words)
+        ids = []
+        for w in label_words:  # the scorer reads each label at its first token after a space
+            t = tokenizer.encode(" " + w, add_special_tokens=False)
+            if not t:
+                raise InputError(f"--labels: label {w!r} tokenizes to nothing")
+            ids.append(t[0])
+        if len(set(ids)) != len(ids):
+            raise InputError(f"--labels: {label_words} share a first token for this model; use distinct words")
+        self.label_ids = torch.tensor(ids, device=device)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.backbone, self.lm_head = base.model, base.lm_head
+        cfg_m = base.config
+        self.softcap = getattr(cfg_m, "final_logit_softcapping", None) or getattr(
+            getattr(cfg_m, "text_config", None), "final_logit_softcapping", None)
+
+    def encode(self, prompt: str) -> list[int]:
+        ids = self.tok.encode(prompt, add_special_tokens=False)[-(self.cfg.max_length - 1):]
+        bos = self.tok.bos_token_id
+        return ([bos] if bos is not None else []) + ids
+
+    def label_logits(self, batch: list[list[int]]):
+        """Logits at the last prompt position of each row: [n, vocab] ("full") or [n, labels]."""
+        import torch
+
+        width = max(len(b) for b in batch)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        ids = torch.tensor([b + [pad] * (width - len(b)) for b in batch], device=self.device)
+        mask = torch.tensor([[1] * len(b) + [0] * (width - len(b)) for b in batch], device=self.device)
+        hidden = self.backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        last = hidden[torch.arange(len(batch), device=self.device), torch.tensor([len(b) - 1 for b in batch], device=self.device)]
+        if self.cfg.loss == "restricted":
+            # Only the label rows of lm_head: a [n, hidden] x [hidden, labels] product.
+            w = self.lm_head.weight[self.label_ids]
+            logits = last.to(w.dtype) @ w.T
+            if getattr(self.lm_head, "bias", None) is not None:
+                logits = logits + self.lm_head.bias[self.label_ids]
+        else:
+            logits = self.lm_head(last)
+        logits = logits.float()
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def loss(self, batch: list[list[int]], targets: list[int]):
+        """Cross-entropy at the label position; returns (loss, n_correct over the label set)."""
+        import torch
+        import torch.nn.functional as F
+
+        logits = self.label_logits(batch)
+        t = torch.tensor(targets, device=self.device)
+        if self.cfg.loss == "restricted":
+            loss = F.cross_entropy(logits, t)
+            pred = logits.argmax(-1)
+        else:
+            loss = F.cross_entropy(logits, self.label_ids[t])
+            pred = logits[:, self.label_ids].argmax(-1)
+        return loss, int((pred == t).sum())
+
+    def evaluate(self, data: list[tuple[list[int], int]]) -> dict:
+        import torch
+
+        if not data:
+            return {}
+        self.model.eval()
+        total, correct = 0.0, 0
+        with torch.no_grad():
+            for i in range(0, len(data), self.cfg.batch_size * 2):
+                chunk = data[i:i + self.cfg.batch_size * 2]
+                loss, c = self.loss([x for x, _ in chunk], [y for _, y in chunk])
+                total += float(loss) * len(chunk)
+                correct += c
+        self.model.train()
+        return {"loss": total / len(data), "accuracy": correct / len(data), "n": len(data)}
+
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+def train_lora(lm, examples: list[Example], label_words: list[str], cfg: TrainConfig | None = None,
+               plan: TrainPlan | None = None, progress: ProgressFn | None = None) -> TrainResult:
+    """Train a LoRA adapter in place on `lm.model` (load a fresh copy: the model is modified)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    cfg = cfg or TrainConfig()
+    plan = plan or choose_plan(lm.device)
+    if not examples:
+        raise InputError("no training rows: nothing to fine-tune on")
+    missing = sorted({e.label for e in examples} - set(label_words))
+    if missing:
+        raise InputError(f"labels {missing} of the training rows are not in the label set {label_words}")
+    torch.manual_seed(cfg.seed)
+    model = prepare_for_training(lm.model, plan)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(model, lcfg)
+    if plan.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    model.train()
+    trainer = LabelTokenTrainer(model, lm.tokenizer, label_words, cfg, lm.device)
+
+    train_ex, hold_ex = split_holdout(examples, cfg)
+    index = {w: i for i, w in enumerate(label_words)}
+    train = [(trainer.encode(e.prompt), index[e.label]) for e in train_ex]
+    hold = [(trainer.encode(e.prompt), index[e.label]) for e in hold_ex]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    # Short linear warmup, then constant: with tens of steps a schedule matters little.
+    warmup = max(1, min(4, cfg.max_steps // 10))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+
+    started = time.monotonic()
+    before = trainer.evaluate(hold)
+    best = {"step": 0, **before} if before else None
+    best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    bad_evals, step, stopped = 0, 0, "max_steps"
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    history = []
+    train_loss_ema = None
+    while step < cfg.max_steps:
+        if len(order) < cfg.batch_size:
+            fresh = list(range(len(train)))
+            rng.shuffle(fresh)
+            order += fresh
+        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        batch = [train[i] for i in idx]
+        loss, _ = trainer.loss([x for x, _ in batch], [y for _, y in batch])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        lv = float(loss)
+        train_loss_ema = lv if train_loss_ema is None else 0.8 * train_loss_ema + 0.2 * lv
+        info = {"train_loss": round(lv, 4)}
+        if hold and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            ev = trainer.evaluate(hold)
+            info.update({"heldout_loss": round(ev["loss"], 4), "heldout_accuracy": round(ev["accuracy"], 4)})
+            history.append({"step": step, **ev})
+            if ev["loss"] < best["loss"] - 1e-4:
+                best = {"step": step, **ev}
+                best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+                bad_evals = 0
+            else:
+                bad_evals += 1
+                if bad_evals >= cfg.patience:
+                    stopped = "early_stopping"
+        if progress:
+            progress(step, cfg.max_steps, info)
+        if not math.isfinite(lv):
+            raise RuntimeError(f"training diverged at step {step} (loss {lv})")
+        if stopped == "early_stopping":
+            break
+    if hold:
+        # Keep the adapter of the best held-out evaluation (step 0 = untrained adapter = base model).
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in best_state:
+                    p.copy_(best_state[n])
+    model.eval()
+    metrics = {
+        "plan": asdict(plan),
+        "config": asdict(cfg),
+        "train_rows": len(train),
+        "heldout_rows": len(hold),
+        "steps": step,
+        "stopped": stopped,
+        "best_step": best["step"] if best else step,
+        "heldout_before": before or None,
+        "heldout_best": best if hold else None,
+        "history": history,
+        "train_loss_final_ema": train_loss_ema,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    return TrainResult(model=model, metrics=metrics)
