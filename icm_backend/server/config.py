@@ -47,6 +47,7 @@ class ServerConfig:
     review_threshold: float = 0.6  # confidence under this -> flagged low_confidence
     shard_size: int = 128  # a job labels (and pushes to LS) this many tasks at a time; groups stay together
     seed: int = 0
+    max_iters: int | None = None  # ICM_MAX_ITERS: cap on ICM search iterations per shard (engine default 20*N)
 
     @property
     def auth_enabled(self) -> bool:
@@ -84,4 +85,5 @@ class ServerConfig:
             review_threshold=threshold,
             shard_size=max(1, _int(env, "ICM_JOB_SHARD_SIZE", 128)),
             seed=_int(env, "ICM_SEED", 0),
+            max_iters=_int(env, "ICM_MAX_ITERS", 0) or None,
         )

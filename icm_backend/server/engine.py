@@ -80,6 +80,10 @@ class Engine:
             extra = {}
             if "review_threshold" in inspect.signature(self.labeler).parameters:
                 extra["review_threshold"] = self.config.review_threshold
+            if self.config.max_iters and "config" in inspect.signature(self.labeler).parameters:
+                from icm_backend.search import SearchConfig
+
+                extra["config"] = SearchConfig(max_iters=self.config.max_iters)
             preds = self.labeler(
                 rowset.rows, spec.task, labels=spec.labels if spec.task == "classify" else None, method=method,
                 model=self.model(), seed=self.config.seed, checkpoint=checkpoint, progress=progress, **extra)
