@@ -251,7 +251,7 @@ def train_lora(lm, examples: list[Example], label_words: list[str], cfg: TrainCo
         opt.step()
         sched.step()
         step += 1
-        lv = float(loss)
+        lv = float(loss.detach())
         train_loss_ema = lv if train_loss_ema is None else 0.8 * train_loss_ema + 0.2 * lv
         info = {"train_loss": round(lv, 4)}
         if hold and (step % cfg.eval_every == 0 or step == cfg.max_steps):
