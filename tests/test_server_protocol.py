@@ -281,3 +281,21 @@ def test_config_from_env_names():
 
     with pytest.raises(InputError, match="ICM_SYNC_MAX_TASKS"):
         ServerConfig.from_env({"ICM_SYNC_MAX_TASKS": "many"})
+
+
+def test_cancel_a_running_job(make_app, monkeypatch):
+    monkeypatch.setenv("FAKE_LABELER_DELAY", "0.05")
+    app = make_app(sync_max_tasks=1, provisional_method="none")
+    backend = get_backend(app)
+    client = app.test_client()
+    tasks = [{"id": i, "data": {"text": f"t{i}"}} for i in range(1, 201)]
+    r = client.post("/predict", json={"tasks": tasks, "project": 4, "label_config": CLASSIFY_XML})
+    assert all(x["result"] == [] for x in r.json["results"])  # provisional disabled: empty, never missing
+    job_id = client.get("/jobs").json["jobs"][0]["id"]
+    for _ in range(200):
+        if client.get(f"/jobs/{job_id}").json["status"] == "running":
+            break
+        time.sleep(0.02)
+    assert client.post(f"/jobs/{job_id}/cancel").json["status"] == "cancel requested"
+    assert backend.runner.wait_idle(20)
+    assert client.get(f"/jobs/{job_id}").json["status"] == "cancelled"
