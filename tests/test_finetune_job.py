@@ -1,0 +1,137 @@
+"""The "train" job inside the real server app (Flask test client, real job runner, real trainer
+subprocess on a tiny local model); Label Studio's task list is faked here (the E2E test uses a real one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from finetune_tiny import make_tiny_model
+from icm_backend.finetune import job as job_mod
+from icm_backend.finetune.trigger import on_training_event
+from icm_backend.finetune.versions import current_name, list_versions
+from icm_backend.server.app import create_app, get_backend
+from icm_backend.server.config import ServerConfig
+from icm_backend.server.engine import Engine
+from icm_backend.server.events import EventRegistry
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture
+def start_training(ls_fixtures_dir):
+    return json.loads((ls_fixtures_dir / "webhook_START_TRAINING.json").read_text())["json"]
+
+
+def ann(aid, choice, **kw):
+    return {"id": aid, "result": [{"from_name": "label", "to_name": "text", "type": "choices",
+                                   "value": {"choices": [choice]}}] if choice else [], "was_cancelled": False, **kw}
+
+
+def good_tasks(n=12):
+    return [{"id": i, "data": {"text": f"claim number {i} is {'right' if i % 2 else 'wrong'}"},
+             "annotations": [ann(100 + i, "True" if i % 2 else "False")], "predictions": []} for i in range(n)]
+
+
+@pytest.fixture
+def app_for(tmp_path, tiny, monkeypatch):
+    apps = []
+
+    def make(tasks):
+        monkeypatch.setattr(job_mod, "fetch_ls_tasks", lambda url, key, project: tasks)
+        cfg = ServerConfig(model_dir=tmp_path / "model", model_name=str(tiny), label_studio_url="http://ls.invalid",
+                           label_studio_api_key="x")
+        events = EventRegistry()
+        events.on_event("START_TRAINING", on_training_event)
+        app = create_app(cfg, engine=Engine(cfg, labeler=lambda *a, **k: [], loader=lambda n: n), events=events)
+        app.testing = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        get_backend(app).runner.stop()
+
+
+def wait_job(backend, pred, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = [j for j in backend.store.list_jobs() if j.kind == "train"]
+        if jobs and pred(jobs[0]):
+            return jobs[0]
+        time.sleep(0.2)
+    raise AssertionError(f"train job never reached the state: {[j.to_json() for j in backend.store.list_jobs()]}")
+
+
+def test_start_training_makes_a_new_served_version(app_for, start_training, monkeypatch):
+    monkeypatch.setenv("ICM_TRAIN_MAX_STEPS", "4")
+    app = app_for(good_tasks())
+    client, backend = app.test_client(), get_backend(app)
+    before = client.post("/setup", json={}).json["model_version"]
+    t0 = time.perf_counter()
+    assert client.post("/webhook", json=start_training).status_code == 200
+    assert time.perf_counter() - t0 < 1.0  # answers at once; training runs in the job
+    job = wait_job(backend, lambda j: j.status in ("done", "failed"))
+    assert job.status == "done", job.error
+    assert "trained version ft0001-" in job.message and job.done == 4
+    after = client.post("/setup", json={}).json["model_version"]
+    assert after != before and after.startswith("ft0001-")
+    assert after in client.get("/versions").json["versions"]
+    v = list_versions(backend.config.model_dir)[0]
+    ids = json.loads((v.path / "training_set.json").read_text())
+    assert len(ids["human"]) == 12 and v.metrics["project"] == 1
+
+
+@pytest.mark.parametrize("tasks,message", [
+    ([{"id": 1, "data": {"text": "a"}, "annotations": [], "predictions": []}], "has no annotations to train on"),
+    ([{"id": 1, "data": {"text": "a"}, "annotations": [ann(5, "Maybe")]}], "unknown choice: 'Maybe' is not in"),
+    ([{"id": 1, "data": {"text": "a"}, "annotations": [{**ann(5, "True"), "was_cancelled": True}]}],
+     "cancelled: the annotator skipped the task"),
+    ([{"id": 1, "data": {"text": "a"}, "annotations": [ann(5, None)]}], "empty result"),
+    ([{"id": i, "data": {"text": "a"}, "annotations": [ann(i, "True")]} for i in range(3)],
+     "fine-tuning needs examples of at least two labels"),
+])
+def test_bad_projects_fail_the_job_with_a_clear_message(app_for, start_training, tasks, message):
+    app = app_for(tasks)
+    app.test_client().post("/webhook", json=start_training)
+    job = wait_job(get_backend(app), lambda j: j.status in ("done", "failed"), timeout=60)
+    assert job.status == "failed" and message in job.error, job.error
+    assert list_versions(get_backend(app).config.model_dir) == []
+
+
+def test_killed_trainer_fails_the_job_and_keeps_the_serving_version(app_for, start_training, monkeypatch):
+    monkeypatch.setenv("ICM_TRAIN_MAX_STEPS", "4")
+    app = app_for(good_tasks())
+    client, backend = app.test_client(), get_backend(app)
+    client.post("/webhook", json=start_training)
+    assert wait_job(backend, lambda j: j.status in ("done", "failed")).status == "done"
+    serving = client.post("/setup", json={}).json["model_version"]
+
+    monkeypatch.setenv("ICM_TRAIN_MAX_STEPS", "100000")
+    client.post("/webhook", json=start_training)
+    running = wait_job(backend, lambda j: j.status == "running" and j.message.startswith("step "))
+    os.kill(running.state["pid"], signal.SIGKILL)  # the training worker dies mid-training
+    job = wait_job(backend, lambda j: j.id == running.id and j.status in ("done", "failed"), timeout=60)
+    assert job.status == "failed" and "killed by SIGKILL" in job.error and "serving version is unchanged" in job.error
+    assert client.post("/setup", json={}).json["model_version"] == serving
+    assert [v.name for v in list_versions(backend.config.model_dir)] == [serving]
+    assert current_name(backend.config.model_dir) == serving
+
+
+def test_job_interrupted_by_a_restart_is_failed_not_rerun(app_for, tmp_path):
+    app = app_for(good_tasks())
+    backend = get_backend(app)
+    job = backend.store.create_job("train", 1, None, {})
+    backend.store.update_job(job.id, status="running", state={"last_progress": "step 3/48"})
+    backend.runner.stop()
+    backend.runner._thread = None
+    backend.runner.ensure_started()  # what a restarted server does: requeue 'running' jobs
+    done = wait_job(backend, lambda j: j.status in ("done", "failed"), timeout=30)
+    assert done.status == "failed" and "interrupted" in done.error and "step 3/48" in done.error
