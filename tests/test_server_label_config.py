@@ -84,3 +84,13 @@ def test_shards_keep_groups_whole():
 def test_pairwise_needs_two_texts():
     with pytest.raises(LabelConfigError, match="Pairwise"):
         parse_label_config('<View><Text name="a" value="$a"/><Pairwise name="pw" toName="a"/></View>')
+
+
+def test_engine_row_indices_in_reasons_become_task_ids():
+    spec = parse_label_config((CONFIGS / "claims.xml").read_text())
+    rs = tasks_to_rows(spec, [{"id": 40 + i, "data": {"question": "q", "choice": str(i), "consistency_id": 1,
+                                                      "answer": str(i)}} for i in range(2)])
+    preds = [Prediction(i, "True", 0.9, [{"type": "inconsistent", "with": [1 - i],
+             "reason": f"rows {i} and {1 - i} give different answers to one question"}]) for i in range(2)]
+    out = P.build(spec, rs, preds, 0.6)
+    assert out[40].reason.startswith("inconsistent with task #41: tasks #40 and #41 give different answers")

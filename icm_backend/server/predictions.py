@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from icm_backend.server.label_config import ProjectSpec
@@ -32,6 +33,23 @@ def empty(task_id: int, reason: str = "") -> TaskPrediction:
     return TaskPrediction(task_id=task_id, result=[], score=None, reason=reason)
 
 
+_ROW_REF = re.compile(r"\brows? (\d+)(?: and (\d+))?")
+
+
+def _rows_to_tasks(text: str, rowset: RowSet) -> str:
+    """The engine's reasons name row indices ("rows 3 and 5 ..."); LS users need task ids."""
+    def tid(idx: str) -> str:
+        i = int(idx)
+        return f"#{rowset.task_ids[i]}" if 0 <= i < len(rowset.task_ids) else f"row {i}"
+
+    def sub(m: re.Match) -> str:
+        if m.group(2):
+            return f"tasks {tid(m.group(1))} and {tid(m.group(2))}"
+        return f"task {tid(m.group(1))}"
+
+    return _ROW_REF.sub(sub, text)
+
+
 def review_reason(task_id: int, pred: Prediction, rowset: RowSet, threshold: float) -> str:
     """One line per flag, naming the other LS task ids (never engine row indices)."""
     parts = []
@@ -41,7 +59,8 @@ def review_reason(task_id: int, pred: Prediction, rowset: RowSet, threshold: flo
         kind = flag.get("type", "flag")
         if kind == "inconsistent":
             who = ", ".join(f"#{t}" for t in others) or "another task"
-            parts.append(f"inconsistent with task {who}: {flag.get('reason', '')}".rstrip(": "))
+            why = _rows_to_tasks(str(flag.get("reason", "")), rowset)
+            parts.append(f"inconsistent with task {who}: {why}".rstrip(": "))
         elif kind == "low_confidence":
             parts.append(f"low confidence {pred.confidence:.2f} < {threshold:.2f}")
         else:
