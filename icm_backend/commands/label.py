@@ -1,0 +1,54 @@
+"""`icm-backend label INPUT --task PRESET [--labels a,b] [--method ...] --out OUT.jsonl`"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from icm_backend.io import read_rows, write_predictions
+from icm_backend.labeler import CLI_METHODS, DEFAULT_REVIEW_THRESHOLD, label_rows
+from icm_backend.model import QUANTIZE_CHOICES
+from icm_backend.search import SearchConfig
+from icm_backend.tasks import PRESETS
+
+
+def parse_labels(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",")] if text else None
+
+
+def add_subcommands(sub) -> None:
+    p = sub.add_parser("label", help="label a file's rows with ICM or a baseline",
+                       description="Writes one JSON object per input row, in input order: "
+                                   '{"index", "label", "confidence", "flags"}. Never reads a gold column.')
+    p.add_argument("input", help="rows as .json, .jsonl, .csv or .tsv")
+    p.add_argument("--task", required=True, help="preset: " + ", ".join(PRESETS))
+    p.add_argument("--labels", help="label words for --task classify, e.g. negative,positive")
+    p.add_argument("--method", default="icm", help="one of: " + ", ".join(CLI_METHODS))
+    p.add_argument("--model", help="gemma3-270m (default), smollm2-135m, a local HF dir, a .gguf file or a hub id")
+    p.add_argument("--quantize", default="auto", choices=QUANTIZE_CHOICES,
+                   help="auto: 4-bit NF4 on CUDA with bitsandbytes, bf16 otherwise")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output .jsonl")
+    p.add_argument("--checkpoint", help="checkpoint file (default: OUT.ckpt.json); rerun to resume")
+    p.add_argument("--max-iters", type=int, help="ICM iteration cap (default 20 x rows)")
+    p.add_argument("--context-tokens", type=int, default=SearchConfig.context_tokens,
+                   help="token budget of the in-context examples")
+    p.add_argument("--alpha", type=float, default=SearchConfig.alpha)
+    p.add_argument("--review-threshold", type=float, default=DEFAULT_REVIEW_THRESHOLD,
+                   help="flag labels whose confidence is below this")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    rows = read_rows(args.input)
+    # Only the fields the preset reads reach the engine, so a gold column cannot influence anything.
+    out = Path(args.out)
+    checkpoint = args.checkpoint or str(out) + ".ckpt.json"
+    config = SearchConfig(alpha=args.alpha, max_iters=args.max_iters, context_tokens=args.context_tokens)
+    preds = label_rows(rows, args.task, parse_labels(args.labels), args.method, args.model, args.seed,
+                       checkpoint if args.method == "icm" else None, config=config,
+                       review_threshold=args.review_threshold, quantize=args.quantize)
+    write_predictions(preds, out)
+    flagged = sum(1 for p in preds if p.flags)
+    print(f"wrote {len(preds)} labels to {out} ({flagged} flagged for review)")
+    return 0

@@ -1,0 +1,131 @@
+"""The library entry point: label rows with ICM or a baseline, through one code path.
+
+    from icm_backend.labeler import label_rows
+    preds = label_rows(rows, task="classify", labels=["negative", "positive"], method="icm")
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from icm_backend.consistency import UNLABELLED, Consistency
+from icm_backend.context import ContextPlan, ScoreCache
+from icm_backend.errors import InputError
+from icm_backend.model import LoadedLM, load_lm
+from icm_backend.scorer import TransformersScorer
+from icm_backend.search import ICMSearch, SearchConfig
+from icm_backend.tasks import Problem, build_problem, gold_label
+from icm_backend.types import Prediction
+
+log = logging.getLogger(__name__)
+
+METHODS = ("icm", "zero-shot", "random-fewshot", "bootstrap", "gold-fewshot")
+CLI_METHODS = METHODS[:4]  # gold few-shot needs gold labels: evaluation only
+DEFAULT_REVIEW_THRESHOLD = 0.6
+
+
+def make_scorer(model, label_words: list[str], quantize: str = "auto"):
+    """A scorer for `model`: a name/path, a LoadedLM, or an object that already is a scorer."""
+    if hasattr(model, "score") and hasattr(model, "set_labels"):
+        model.set_labels(label_words)
+        return model
+    lm = model if isinstance(model, LoadedLM) else load_lm(model, quantize=quantize)
+    return TransformersScorer(lm, label_words)
+
+
+def label_rows(rows: list[dict], task: str, labels: list[str] | None = None, method: str = "icm",
+               model=None, seed: int = 0, checkpoint: str | Path | None = None,
+               progress: Callable[[int, int, str], None] | None = None, config: SearchConfig | None = None,
+               gold: list | None = None, review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
+               quantize: str = "auto") -> list[Prediction]:
+    if method not in METHODS:
+        raise InputError(f"--method {method}: choose one of {', '.join(CLI_METHODS)}")
+    problem = build_problem(rows, task, labels)
+    scorer = make_scorer(model, problem.label_words, quantize)
+    config = config or SearchConfig()
+    window = getattr(getattr(scorer, "lm", None), "context_window", None)
+    log.info("labelling %d rows: task=%s method=%s labels=%s model=%s seed=%d", len(rows), task, method,
+             ",".join(problem.label_words), scorer.model_id, seed)
+    labels_out, rows_out = run_method(problem, scorer, method, seed, config, checkpoint, progress, gold, window)
+    return to_predictions(problem, labels_out, rows_out, review_threshold)
+
+
+def run_method(problem: Problem, scorer, method: str, seed: int, config: SearchConfig, checkpoint=None,
+               progress=None, gold=None, window=None) -> tuple[np.ndarray, np.ndarray]:
+    """(label index per example, final normalised log-prob rows)."""
+    n = len(problem.examples)
+    if method == "zero-shot":
+        rows = zero_shot_rows(problem, scorer)
+        return rows.argmax(1), rows
+    search = ICMSearch(problem, scorer, config, seed, checkpoint, method, max_window=window)
+    rng = np.random.default_rng(seed + 7919)
+    if method == "icm":
+        state = search.run(progress)
+        labels = np.array(state.labels)
+        return labels, search.final_rows(labels)
+    if method == "random-fewshot":
+        context = rng.integers(0, len(problem.label_words), size=n)
+        rows = search.final_rows(context)
+        return rows.argmax(1), rows
+    if method == "gold-fewshot":
+        if gold is None:
+            raise InputError("--method gold-fewshot needs gold labels (evaluation only)")
+        gold_idx = np.array([problem.label_words.index(g) if g in problem.label_words else -1
+                             for g in (gold_label(v, problem) for v in gold)])
+        if (gold_idx < 0).any():
+            raise InputError(f"gold: row {int(np.flatnonzero(gold_idx < 0)[0])} has no usable gold label")
+        rows = search.final_rows(gold_idx)
+        return rows.argmax(1), rows
+    if method == "bootstrap":
+        return bootstrap(problem, scorer, search, rounds=2)
+    raise AssertionError(method)
+
+
+def zero_shot_rows(problem: Problem, scorer) -> np.ndarray:
+    return scorer.score("", [ex.prompt for ex in problem.examples])
+
+
+def bootstrap(problem: Problem, scorer, search: ICMSearch, rounds: int = 2):
+    """Zero-shot labels, then relabel each example in the context of the others' labels, then repair
+    each inconsistent pair greedily with its most likely consistent joint labelling. No annealing."""
+    rows = zero_shot_rows(problem, scorer)
+    labels = rows.argmax(1)
+    for _ in range(rounds):
+        rows = search.final_rows(labels)
+        labels = rows.argmax(1)
+    cons = search.consistency
+    for i, j in cons.violations(labels):
+        if not cons.pair_ok(cons.relation(i, j), labels[i], labels[j]):
+            a, b = max(cons.consistent_options(i, j), key=lambda ab: rows[i, ab[0]] + rows[j, ab[1]])
+            labels[i], labels[j] = a, b
+    return labels, rows
+
+
+def to_predictions(problem: Problem, labels: np.ndarray, rows: np.ndarray,
+                   review_threshold: float) -> list[Prediction]:
+    probs = np.exp(rows)
+    probs /= probs.sum(axis=1, keepdims=True)
+    cons = Consistency(problem)
+    conflicts: dict[int, list[int]] = {}
+    for i, j in cons.violations(labels):
+        conflicts.setdefault(i, []).append(j)
+        conflicts.setdefault(j, []).append(i)
+    preds = []
+    for ex in problem.examples:
+        i = ex.index
+        y = int(labels[i])
+        conf = float(probs[i, y])
+        flags = []
+        if i in conflicts:
+            others = sorted(conflicts[i])
+            flags.append({"type": "inconsistent", "with": others,
+                          "reason": "; ".join(cons.describe(i, j) for j in others)})
+        if conf < review_threshold:
+            flags.append({"type": "low_confidence", "with": [],
+                          "reason": f"confidence {conf:.2f} is below the review threshold {review_threshold:.2f}"})
+        preds.append(Prediction(index=i, label=problem.label_words[y], confidence=round(conf, 6), flags=flags))
+    return preds
