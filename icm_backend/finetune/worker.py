@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
 
 from icm_backend.errors import InputError
@@ -18,7 +20,22 @@ from icm_backend.finetune.pipeline import train_version
 from icm_backend.finetune.versions import promote
 
 
+def die_with_parent() -> int:
+    """A trainer whose server died must not finish and switch CURRENT behind a job already marked
+    failed: ask Linux to SIGKILL us when the parent goes (best effort elsewhere; the progress
+    callback also checks the parent pid every step)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+    return parent
+
+
 def main(argv: list[str]) -> int:
+    parent = die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     req = json.loads(open(argv[0]).read())
@@ -26,6 +43,8 @@ def main(argv: list[str]) -> int:
                      conflicts=req.get("conflicts", 0))
 
     def progress(step: int, total: int, info: dict) -> None:
+        if os.getppid() != parent:
+            raise SystemExit("the server that started this training is gone; not writing a version")
         print(json.dumps({"event": "progress", "step": step, "total": total, "info": info}), flush=True)
 
     try:
@@ -34,6 +53,9 @@ def main(argv: list[str]) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if os.getppid() != parent:  # the job was failed meanwhile: keep the version on disk, do not serve it
+        print(f"error: server gone before version {v.name} could be made current", file=sys.stderr)
+        return 3
     promote(req["model_dir"], v.name)
     best = v.metrics.get("heldout_best") or {}
     print(json.dumps({"event": "done", "version": v.name, "steps": v.metrics["steps"],
