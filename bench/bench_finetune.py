@@ -32,14 +32,17 @@ def read_tsv(path: str) -> list[dict]:
         return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
-def accuracy(model, rows: list[dict], method: str, seed: int, n_icm: int | None) -> tuple[float, int, float]:
+def accuracy(model, rows: list[dict], method: str, seed: int, n_icm: int | None,
+             icm_iters: int | None = None) -> tuple[float, int, float]:
     from icm_backend.labeler import label_rows
+    from icm_backend.search import SearchConfig
 
     if method == "icm" and n_icm:
         rows = rows[:n_icm]
     t0 = time.monotonic()
+    config = SearchConfig(max_iters=icm_iters) if icm_iters else None
     preds = label_rows([{"text": r["text"]} for r in rows], "classify", LABELS, method=method, model=model,
-                       seed=seed)
+                       seed=seed, config=config)
     gold = [LABELS[int(r["label"])] for r in rows]
     acc = sum(p.label == g for p, g in zip(preds, gold)) / len(rows)
     return acc, len(rows), time.monotonic() - t0
@@ -56,6 +59,7 @@ def main() -> int:
     ap.add_argument("--n-train", type=int, default=64)
     ap.add_argument("--n-test", type=int, default=256)
     ap.add_argument("--n-icm", type=int, default=None, help="ICM on the first N test rows only (CPU time)")
+    ap.add_argument("--icm-iters", type=int, default=None, help="cap ICM search iterations (default 20 x N)")
     ap.add_argument("--methods", default="zero-shot,icm")
     ap.add_argument("--max-steps", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
@@ -81,7 +85,7 @@ def main() -> int:
     results: dict = {"model": args.model, "n_train": len(train), "n_test": len(test), "rows": []}
 
     base = load_lm(args.model, "none")
-    before = {m: accuracy(base, test, m, args.seed, args.n_icm) for m in methods}
+    before = {m: accuracy(base, test, m, args.seed, args.n_icm, args.icm_iters) for m in methods}
     print("before:", before, flush=True)
     del base
 
@@ -100,7 +104,7 @@ def main() -> int:
         results["train_metrics"] = {k: v.metrics[k] for k in ("steps", "stopped", "best_step", "heldout_before",
                                                               "heldout_best", "train_rows", "heldout_rows")}
     tuned = load_lm(str(vdir), "none")
-    after = {m: accuracy(tuned, test, m, args.seed, args.n_icm) for m in methods}
+    after = {m: accuracy(tuned, test, m, args.seed, args.n_icm, args.icm_iters) for m in methods}
     results.update(version=str(vdir), train_seconds=train_s)
     print(f"\nSST-2 {'dev rows disjoint from training' if args.test == 'dev-holdout' else args.test}, model {args.model}, fine-tuned on {len(train)} accepted dev labels "
           f"(version {vdir.name}, training {train_s and round(train_s)} s)\n")

@@ -189,3 +189,17 @@ def sweep_stale_tmp(model_dir: str | Path, older_than_s: float = 3600) -> int:
             shutil.rmtree(d, ignore_errors=True)
             n += 1
     return n
+
+
+def versions_payload(model_dir: str | Path, extra_params: dict | None = None) -> dict:
+    """What GET /versions should answer (for the server's route): every version with its metrics,
+    plus which one serves. Metrics are trimmed to what a UI shows (history stays in metrics.json)."""
+    keep = ("created_at", "base_model", "task", "labels", "data", "train_rows", "heldout_rows", "steps",
+            "stopped", "best_step", "heldout_before", "heldout_best", "seconds", "project", "trigger")
+    try:
+        serving = serving_version(model_dir, extra_params)
+        serving_name = serving.name if serving else BASE
+    except InputError as exc:
+        serving_name = f"error: {exc}"
+    return {"current": serving_name, "pinned": pinned_version(extra_params),
+            "versions": [{"version": v.name, **{k: v.metrics.get(k) for k in keep}} for v in list_versions(model_dir)]}
