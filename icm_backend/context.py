@@ -2,8 +2,11 @@
 
 Prefix caching needs many targets to share one context. Examples are split into folds (a consistency
 group never straddles two folds); every target of a fold shares one prefix: the labelled examples of
-the *other* folds, in a fixed seeded order, as many as fit the token budget. A target's own group
-members (minus itself) follow the shared prefix, so "same-group first" holds without breaking sharing.
+the *other* folds, earliest-labelled first, as many as fit the token budget. Taking the earliest-labelled
+keeps the prefixes stable once they are full: later additions do not reshuffle every context (which
+would force rescoring everything after each step), and a flip invalidates only the targets whose
+context holds the flipped example. A target's own group members (minus itself) follow the shared
+prefix, so "same-group first" holds without breaking sharing.
 
 A target's score is cached under the signature of its context (which examples, which labels): a label
 change invalidates exactly the scores whose context it touches, and rejecting a proposal costs nothing.
@@ -53,14 +56,15 @@ class ContextPlan:
                 self.fold_of[i] = f
             sizes[f] += len(groups[key])
         self.n_folds = n_folds
-        self.order = [rng.permutation(np.flatnonzero(self.fold_of != f)) for f in range(n_folds)]
+        # Order in which examples entered D; a search appends to it, baselines label all at once.
+        self.label_order: list[int] = [int(i) for i in rng.permutation(n)]
         self.group_members = {i: [j for j in groups[k] if j != i] for k in groups for i in groups[k]}
 
     # -- composition ----------------------------------------------------------------------------
     def prefix_members(self, fold: int, labels: np.ndarray) -> tuple[int, ...]:
         out, used = [], 0
-        for j in self.order[fold]:
-            if labels[j] == UNLABELLED:
+        for j in self.label_order:
+            if labels[j] == UNLABELLED or self.fold_of[j] == fold:
                 continue
             if used + self.block_tokens[j] > self.context_tokens:
                 break

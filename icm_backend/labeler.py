@@ -16,6 +16,7 @@ from icm_backend.consistency import UNLABELLED, Consistency
 from icm_backend.context import ContextPlan, ScoreCache
 from icm_backend.errors import InputError
 from icm_backend.model import LoadedLM, load_lm
+from icm_backend.objective import calibrate_rows
 from icm_backend.scorer import TransformersScorer
 from icm_backend.search import ICMSearch, SearchConfig
 from icm_backend.tasks import Problem, build_problem, gold_label
@@ -86,7 +87,8 @@ def run_method(problem: Problem, scorer, method: str, seed: int, config: SearchC
 
 
 def zero_shot_rows(problem: Problem, scorer) -> np.ndarray:
-    return scorer.score("", [ex.prompt for ex in problem.examples])
+    rows = scorer.score("", [ex.prompt for ex in problem.examples])
+    return calibrate_rows(rows, np.zeros(len(rows), dtype=int)) if problem.multiclass else rows
 
 
 def bootstrap(problem: Problem, scorer, search: ICMSearch, rounds: int = 2):

@@ -22,6 +22,21 @@ from icm_backend.consistency import UNLABELLED, Consistency
 from icm_backend.context import ScoreCache
 
 
+def calibrate_rows(rows: np.ndarray, context_ids: np.ndarray) -> np.ndarray:
+    """log P(y | x, ctx) - log mean_k P(y | x_k, ctx) over the targets that share a context, renormalised.
+
+    Used for multi-class decisions and confidences (and inside P(D)), so that the label the search
+    proposes, the label it keeps and the confidence it reports all follow the same rule.
+    """
+    out = rows.copy()
+    probs = np.exp(rows)
+    for c in np.unique(context_ids):
+        sel = context_ids == c
+        out[sel] -= np.log(probs[sel].mean(axis=0) + 1e-12)
+    out -= np.log(np.exp(out).sum(axis=1, keepdims=True))
+    return out
+
+
 @dataclass
 class Utility:
     value: float

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from icm_backend.consistency import UNLABELLED, Consistency
 from icm_backend.context import ContextPlan, ScoreCache
 from icm_backend.errors import InputError
-from icm_backend.objective import Objective
+from icm_backend.objective import Objective, calibrate_rows
 from icm_backend.tasks import Problem
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class SearchState:
     since_change: int = 0
     accepted: int = 0
     rng_state: dict = field(default_factory=dict)
+    label_order: list[int] = field(default_factory=list)  # order in which examples entered D
     history: list[list[float]] = field(default_factory=list)  # [iteration, U, n_labelled, accepted]
     fingerprint: str = ""
     done: bool = False
@@ -130,6 +131,10 @@ class ICMSearch:
         # Score i's whole fold at once: stale rows of its neighbours come almost free in the same batch.
         fold = np.flatnonzero(self.plan.fold_of == self.plan.fold_of[i])
         rows = self.cache.get(fold, labels)
+        if self.problem.multiclass:
+            # Propose by the same calibrated score that P(D) uses, or a majority label in the context
+            # would win every proposal and the labelling would snowball into one class.
+            rows = calibrate_rows(rows, np.zeros(len(fold), dtype=int))
         return int(np.argmax(rows[int(np.flatnonzero(fold == i)[0])]))
 
     def consistency_fix(self, labels: np.ndarray, utility=None):
@@ -160,8 +165,9 @@ class ICMSearch:
         k = min(self.config.init_k, self.n)
         chosen = self.rng.choice(self.n, size=k, replace=False)
         labels[chosen] = self.rng.integers(0, len(self.problem.label_words), size=k)
+        self.plan.label_order = [int(i) for i in chosen]
         labels, _ = self.consistency_fix(labels)
-        return SearchState(labels=labels.tolist(), fingerprint=self.fingerprint)
+        return SearchState(labels=labels.tolist(), fingerprint=self.fingerprint, label_order=self.plan.label_order)
 
     def run(self, progress=None) -> SearchState:
         state = self.checkpoint.load(self.fingerprint)
@@ -169,6 +175,7 @@ class ICMSearch:
             log.info("resuming ICM from %s at iteration %d (%d/%d labelled)", self.checkpoint.path,
                      state.iteration, sum(l != UNLABELLED for l in state.labels), self.n)
             self.rng.bit_generator.state = state.rng_state
+            self.plan.label_order = state.label_order
             if state.done:
                 return state
         else:
@@ -187,7 +194,17 @@ class ICMSearch:
             state.since_change += 1
             i = self.sample(labels)
             y_hat = self.propose(i, labels)
-            if labels[i] != y_hat:
+            if labels[i] == UNLABELLED:
+                # Adding an example always goes ahead: U of sets of different sizes are not comparable
+                # (each added term is a negative log-prob), so annealing decides between labellings of
+                # the same set, and the label an example enters with is the model's best guess.
+                labels = labels.copy()
+                labels[i] = y_hat
+                self.plan.label_order.append(i)
+                labels, utility = self.consistency_fix(labels)
+                state.accepted += 1
+                state.since_change = 0
+            elif labels[i] != y_hat:
                 cand = labels.copy()
                 cand[i] = y_hat
                 cand, cand_u = self.consistency_fix(cand)
@@ -212,8 +229,9 @@ class ICMSearch:
         if (labels == UNLABELLED).any():
             rest = np.flatnonzero(labels == UNLABELLED)
             log.info("labelling %d examples the search did not reach by their most likely label", len(rest))
-            rows = self.cache.get(rest, labels)
+            rows = self.final_rows(labels)[rest]
             labels[rest] = rows.argmax(axis=1)
+            self.plan.label_order.extend(int(i) for i in rest)
         state.done = True
         self._save(state, labels)
         log.info("ICM finished after %d iterations, %d accepted, U=%.1f, %d inconsistencies left",
@@ -222,9 +240,12 @@ class ICMSearch:
 
     def _save(self, state: SearchState, labels: np.ndarray) -> None:
         state.labels = labels.tolist()
+        state.label_order = list(self.plan.label_order)
         state.rng_state = self.rng.bit_generator.state
         self.checkpoint.save(state)
 
     def final_rows(self, labels: np.ndarray) -> np.ndarray:
-        """Each example scored in the context of all the others' final labels."""
-        return self.cache.get(np.arange(self.n), labels)
+        """Each example scored in the context of all the others' (current) labels; multi-class rows
+        calibrated per shared context, as the search decides by them."""
+        rows = self.cache.get(np.arange(self.n), labels)
+        return calibrate_rows(rows, self.plan.fold_of) if self.problem.multiclass else rows
