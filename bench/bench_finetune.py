@@ -41,8 +41,15 @@ def accuracy(model, rows: list[dict], method: str, seed: int, n_icm: int | None,
         rows = rows[:n_icm]
     t0 = time.monotonic()
     config = SearchConfig(max_iters=icm_iters) if icm_iters else None
+    last = [0.0]
+
+    def progress(done: int, total: int, msg: str = "") -> None:
+        if time.monotonic() - last[0] > 30:  # a line every 30 s: ICM runs take minutes
+            last[0] = time.monotonic()
+            print(f"  {method}: {done}/{total} {msg}", flush=True)
+
     preds = label_rows([{"text": r["text"]} for r in rows], "classify", LABELS, method=method, model=model,
-                       seed=seed, config=config)
+                       seed=seed, config=config, progress=progress)
     gold = [LABELS[int(r["label"])] for r in rows]
     acc = sum(p.label == g for p, g in zip(preds, gold)) / len(rows)
     return acc, len(rows), time.monotonic() - t0
@@ -68,7 +75,13 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    import torch
+
+    from icm_backend.finetune.lora import training_threads
     from icm_backend.model import load_lm
+
+    torch.set_num_threads(training_threads())  # scoring suffers from oversubscription the same way
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
 
     dev = read_tsv(args.train)
     random.Random(args.seed).shuffle(dev)

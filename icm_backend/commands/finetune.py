@@ -21,7 +21,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--model", default=None, help="base model (default: ICM_MODEL or gemma3-270m)")
     p.add_argument("--max-steps", type=int, default=48, help="cap on optimizer steps (default 48)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--holdout", type=float, default=0.2, help="held-out fraction for early stopping (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-promote", action="store_true", help="write the version but do not make it current")

@@ -35,7 +35,7 @@ class TrainSettings:
     min_confidence: float = 0.9  # ICM_TRAIN_MIN_CONFIDENCE
     max_steps: int = 48  # ICM_TRAIN_MAX_STEPS
     batch_size: int = 8  # ICM_TRAIN_BATCH_SIZE
-    learning_rate: float = 3e-4  # ICM_TRAIN_LR
+    learning_rate: float = 1e-4  # ICM_TRAIN_LR
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "TrainSettings":

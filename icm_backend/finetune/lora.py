@@ -30,11 +30,11 @@ class TrainConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"  # every linear layer but lm_head
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-4  # 3e-4 overfit 51 SST-2 rows in 10 steps (held-out loss up) on Gemma-3-270M
     batch_size: int = 8
     max_steps: int = 48  # cap: a CPU run on a few hundred labels finishes in minutes
-    eval_every: int = 8  # steps between held-out evaluations (early stopping)
-    patience: int = 2  # evaluations without held-out improvement before stopping
+    eval_every: int = 4  # steps between held-out evaluations (early stopping)
+    patience: int = 3  # evaluations without held-out improvement before stopping
     holdout_fraction: float = 0.2  # of the accepted labels; 0 disables early stopping
     min_holdout: int = 4  # fewer accepted labels than this*2: no held-out slice, train max_steps
     max_length: int = 256  # prompt tokens kept (from the end: the cue must survive)
@@ -76,6 +76,24 @@ def prepare_for_training(model, plan: TrainPlan):
 
         return prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing)
     return model
+
+
+def training_threads(env: dict | None = None) -> int:
+    """CPU threads for training. Why not all cores: on a shared box (the server's request threads, other
+    jobs) OpenMP oversubscription makes each step 10-20x slower (measured on 2 cores: 1.3 s/step with
+    1 thread vs 10-27 s with 2 under load). ICM_TRAIN_THREADS overrides; else the idle cores, >= 1."""
+    import os
+
+    env = os.environ if env is None else env
+    raw = env.get("ICM_TRAIN_THREADS")
+    if raw:
+        return max(1, int(raw))
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = 0.0
+    return max(1, min(cores, cores - int(round(load))))
 
 
 @dataclass
@@ -209,6 +227,8 @@ def train_lora(lm, examples: list[Example], label_words: list[str], cfg: TrainCo
     if missing:
         raise InputError(f"labels {missing} of the training rows are not in the label set {label_words}")
     torch.manual_seed(cfg.seed)
+    if plan.device == "cpu":
+        torch.set_num_threads(training_threads())
     model = prepare_for_training(lm.model, plan)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.target_modules, task_type="CAUSAL_LM")
