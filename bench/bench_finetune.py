@@ -69,7 +69,9 @@ def main() -> int:
     ap.add_argument("--icm-iters", type=int, default=None, help="cap ICM search iterations (default 20 x N)")
     ap.add_argument("--methods", default="zero-shot,icm")
     ap.add_argument("--max-steps", type=int, default=48)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the labelling methods and of training")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split (keep it when "
+                                                                "reusing --version)")
     ap.add_argument("--out", default="runs/bench_finetune")
     ap.add_argument("--version", default=None, help="reuse an existing version dir instead of training")
     args = ap.parse_args()
@@ -84,7 +86,7 @@ def main() -> int:
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
 
     dev = read_tsv(args.train)
-    random.Random(args.seed).shuffle(dev)
+    random.Random(args.split_seed).shuffle(dev)
     train = dev[:args.n_train]
     if args.test == "dev-holdout":
         test = dev[args.n_train:args.n_train + args.n_test]
