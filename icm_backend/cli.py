@@ -15,6 +15,7 @@ from icm_backend.errors import InputError
 SUBCOMMAND_MODULES = [
     "icm_backend.commands.label",
     "icm_backend.commands.eval",
+    "icm_backend.commands.demo",
     "icm_backend.commands.serve",
     "icm_backend.commands.jobs",
     "icm_backend.commands.finetune",

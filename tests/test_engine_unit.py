@@ -1,0 +1,138 @@
+"""Engine mechanics with a fake scorer: presets, consistency, search, checkpoints, baselines."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fake_scorer import FakeScorer
+from icm_backend.consistency import UNLABELLED, Consistency
+from icm_backend.errors import InputError
+from icm_backend.labeler import label_rows
+from icm_backend.search import ICMSearch, SearchConfig
+from icm_backend.tasks import build_problem, gold_label
+
+
+def gsm_rows():
+    # Two questions; within each, claims with the same final answer must agree, different ones exclude.
+    rows = []
+    for q, answers in (("q1", ["4", "4", "5"]), ("q2", ["7", "8", "8"])):
+        for n, a in enumerate(answers):
+            truth = "yes" if (q, a) in (("q1", "4"), ("q2", "8")) else "no"
+            rows.append({"question": f"{q} what?", "cot": f"step {n} {truth} so {a}", "answer": a,
+                         "consistency_id": q})
+    return rows
+
+
+def test_relations_come_from_data_fields():
+    problem = build_problem(gsm_rows(), "gsm8k")
+    cons = Consistency(problem)
+    assert cons.relation(0, 1) == "same" and cons.relation(0, 2) == "exclusive"
+    assert cons.relation(0, 3) is None  # other question
+    # all consistent joint labellings, including (False, False) for different answers
+    t, f = problem.true_index, 1 - problem.true_index
+    assert sorted(cons.consistent_options(0, 2)) == sorted([(t, f), (f, t), (f, f)])
+    labels = np.array([t, t, t, f, f, f])
+    assert cons.violations(labels) == [(0, 2), (1, 2)]
+
+
+def test_comparison_pairs_are_linked_and_opposite():
+    rows = [{"question": "q", "choice": "A", "choice_2": "B", "consistency_id": "0"},
+            {"question": "q", "choice": "B", "choice_2": "A", "consistency_id": "0"}]
+    problem = build_problem(rows, "comparison")
+    assert problem.examples[0].partner == 1 and problem.examples[1].partner == 0
+    cons = Consistency(problem)
+    assert cons.count(np.array([0, 0])) == 1 and cons.count(np.array([0, 1])) == 0
+
+
+@pytest.mark.parametrize("rows,task,labels,message", [
+    ([{"text": "x"}], "nope", None, "unknown preset"),
+    ([{"question": "q", "choice": "c"}], "claims", ["a", "b"], "takes no labels"),
+    ([{"text": "x"}], "classify", None, "needs --labels"),
+    ([{"question": "q"}], "claims", None, "missing field 'choice'"),
+    ([{"question": "q", "choice": "c", "consistency_id": 1}, {"question": "q", "choice": "c", "consistency_id": 1}],
+     "claims", None, "duplicate consistency key"),
+    ([{"text": "x"}], "classify", ["a", "a"], "distinct"),
+])
+def test_bad_input_names_the_problem(rows, task, labels, message):
+    with pytest.raises(InputError, match=message):
+        build_problem(rows, task, labels)
+
+
+def test_gold_normalisation():
+    problem = build_problem([{"text": "x"}], "classify", ["negative", "positive"])
+    assert gold_label("1", problem) == "positive" and gold_label(0, problem) == "negative"
+    claims = build_problem([{"question": "q", "choice": "c"}], "claims")
+    assert gold_label(True, claims) == "True" and gold_label("0", claims) == "False"
+
+
+def test_icm_finds_the_consistent_labelling():
+    rows = gsm_rows()
+    preds = label_rows(rows, "gsm8k", method="icm", model=FakeScorer(), seed=1,
+                       config=SearchConfig(context_tokens=200, fold_size=3))
+    got = [p.label for p in preds]
+    assert got == ["True", "True", "False", "False", "True", "True"]
+    assert all(0.5 < p.confidence <= 1 for p in preds)
+    assert not any(f["type"] == "inconsistent" for p in preds for f in p.flags)
+
+
+def test_consistency_fix_keeps_a_repair_only_if_u_improves():
+    problem = build_problem(gsm_rows(), "gsm8k")
+    search = ICMSearch(problem, FakeScorer(), SearchConfig(context_tokens=200, fold_size=3), seed=0)
+    t, f = problem.true_index, 1 - problem.true_index
+    labels = np.array([t, t, t, f, t, t])  # rows 0/1 vs 2 conflict
+    fixed, u = search.consistency_fix(labels)
+    assert search.consistency.count(fixed) == 0
+    assert u.value >= search.objective(labels).value
+    search.config.alpha = 0.0  # with P ignored, any consistent option beats an inconsistent one, never worse
+    fixed2, u2 = search.consistency_fix(labels)
+    assert u2.value >= search.objective(labels).value
+
+
+def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
+    rows = [{"text": f"item {i} {'good' if i % 3 else 'bad'}"} for i in range(30)]
+    scorer = FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"})
+    cfg = SearchConfig(context_tokens=60, fold_size=10, checkpoint_every_s=0.0)
+    full = label_rows(rows, "classify", ["bad", "good"], "icm", scorer, seed=3, config=cfg,
+                      checkpoint=tmp_path / "a.json")
+    # Interrupt a second run after 25 iterations, then resume it from its checkpoint.
+    ck = tmp_path / "b.json"
+    problem = build_problem(rows, "classify", ["bad", "good"])
+    partial = ICMSearch(problem, scorer, SearchConfig(**{**cfg.__dict__, "max_iters": 25}), 3, ck)
+    partial.max_iters = 25
+    partial.run()
+    state = json.loads(ck.read_text())
+    assert state["iteration"] == 25
+    state["done"] = False
+    ck.write_text(json.dumps(state))
+    resumed = label_rows(rows, "classify", ["bad", "good"], "icm", scorer, seed=3, config=cfg, checkpoint=ck)
+    assert [p.label for p in resumed] == [p.label for p in full]
+    assert [p.label for p in full] == ["good" if i % 3 else "bad" for i in range(30)]
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+    rows = [{"text": f"item {i} good"} for i in range(6)]
+    cfg = SearchConfig(context_tokens=40, fold_size=3)
+    ck = tmp_path / "c.json"
+    label_rows(rows, "classify", ["bad", "good"], "icm", FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}),
+               seed=0, config=cfg, checkpoint=ck)
+    with pytest.raises(InputError, match="different run"):
+        label_rows(rows, "classify", ["bad", "good"], "icm",
+                   FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}), seed=1, config=cfg, checkpoint=ck)
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "random-fewshot", "bootstrap", "gold-fewshot"])
+def test_baselines_share_the_code_path(method):
+    rows = gsm_rows()
+    gold = ["True", "True", "False", "False", "True", "True"]
+    preds = label_rows(rows, "gsm8k", method=method, model=FakeScorer(), seed=0, gold=gold,
+                       config=SearchConfig(context_tokens=200, fold_size=3))
+    assert [p.index for p in preds] == list(range(6))
+    assert [p.label for p in preds] == gold  # the fake model is right on every item
+
+
+def test_low_confidence_is_flagged():
+    rows = [{"text": f"item {i}"} for i in range(4)]  # no cue word: the fake model is unsure
+    scorer = FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}, strength=0.1)
+    preds = label_rows(rows, "classify", ["bad", "good"], "zero-shot", scorer, review_threshold=0.9)
+    assert all(any(f["type"] == "low_confidence" for f in p.flags) for p in preds)
