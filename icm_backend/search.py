@@ -55,6 +55,9 @@ class SearchState:
     history: list[list[float]] = field(default_factory=list)  # [iteration, U, n_labelled, accepted]
     fingerprint: str = ""
     done: bool = False
+    # LM tokens the reference code's scheme would process for the same accepted changes: 1 + L calls
+    # per changed label, each with all L labelled examples in context and no prefix cache.
+    reference_tokens: float = 0.0
 
 
 def run_fingerprint(problem: Problem, scorer_id: str, method: str, seed: int, config: SearchConfig) -> str:
@@ -200,6 +203,7 @@ class ICMSearch:
                 # Adding an example always goes ahead: U of sets of different sizes are not comparable
                 # (each added term is a negative log-prob), so annealing decides between labellings of
                 # the same set, and the label an example enters with is the model's best guess.
+                self._count_reference_cost(state, labels)
                 labels = labels.copy()
                 labels[i] = y_hat
                 self.plan.label_order.append(i)
@@ -215,6 +219,7 @@ class ICMSearch:
                 delta = cand_u.value - utility.value
                 temp = self.temperature(state.iteration)
                 if delta > 0 or self.rng.random() < math.exp(delta / temp):
+                    self._count_reference_cost(state, labels)
                     labels, utility = cand, cand_u
                     state.accepted += 1
                     state.since_change = 0
@@ -243,6 +248,12 @@ class ICMSearch:
         log.info("ICM finished after %d iterations, %d accepted, U=%.1f, %d inconsistencies left",
                  state.iteration, state.accepted, self.objective(labels).value, self.consistency.count(labels))
         return state
+
+    def _count_reference_cost(self, state: SearchState, labels: np.ndarray) -> None:
+        labelled = labels != UNLABELLED
+        n_l = int(labelled.sum())
+        context = float(self.plan.block_tokens[labelled].sum())
+        state.reference_tokens += (1 + n_l) * (context + float(self.plan.prompt_tokens.mean()))
 
     def _save(self, state: SearchState, labels: np.ndarray) -> None:
         state.labels = labels.tolist()
