@@ -224,12 +224,19 @@ def test_on_event_registry_is_a_one_line_hookup(make_app, ls_fixtures_dir):
 def test_versions_follow_model_dir(make_app, tmp_path):
     app = make_app()
     client = app.test_client()
-    assert client.get("/versions").json == {"versions": ["icm-smollm2-135m"], "current": "icm-smollm2-135m"}
+    assert client.get("/versions").json == {"versions": ["icm-smollm2-135m"], "current": "icm-smollm2-135m",
+                                            "pinned": None, "details": []}
     vdir = tmp_path / "model" / "versions"
     (vdir / "ft-20261127-1").mkdir(parents=True)
     (vdir / "CURRENT").write_text("ft-20261127-1\n")
     assert client.post("/setup", json={}).json["model_version"] == "ft-20261127-1"
     assert client.get("/versions").json["versions"] == ["icm-smollm2-135m", "ft-20261127-1"]
+    # Rollback: a pin in the ML backend's extra params wins over CURRENT; "base" is the base model.
+    assert client.post("/setup", json={"extra_params": {"model_version": "base"}}).json["model_version"] == \
+        "icm-smollm2-135m"
+    bad = client.post("/setup", json={"extra_params": {"model_version": "ft-nope"}})
+    assert bad.status_code == 422 and "ft-nope" in bad.json["error"]
+    assert client.post("/setup", json={"extra_params": {}}).json["model_version"] == "ft-20261127-1"
 
 
 def test_metrics_text(client):

@@ -6,6 +6,8 @@ loads the model except /predict; /health and /setup answer in milliseconds.
 
 from __future__ import annotations
 
+from icm_backend.errors import InputError
+
 import hmac
 import logging
 import time
@@ -133,6 +135,10 @@ def create_app(config: ServerConfig | None = None, *, engine: Engine | None = No
     def _bad(exc: BadRequest):
         return jsonify(error=str(exc)), exc.status
 
+    @app.errorhandler(InputError)
+    def _bad_input(exc: InputError):
+        return jsonify(error=str(exc)), 422
+
     @app.errorhandler(LabelConfigError)
     def _bad_config(exc: LabelConfigError):
         return jsonify(error=str(exc)), 422
@@ -157,6 +163,11 @@ def create_app(config: ServerConfig | None = None, *, engine: Engine | None = No
     @app.post("/setup")
     def setup():
         body = _json_body()
+        extra = body.get("extra_params")
+        if extra is not None and not isinstance(extra, dict):
+            raise BadRequest("extra_params: expected a JSON object")
+        if extra is not None:
+            backend.extra_params = backend.engine.extra_params = extra
         version = backend.model_version()
         reply = {"model_version": version}
         if body.get("project") is not None:
@@ -202,7 +213,9 @@ def create_app(config: ServerConfig | None = None, *, engine: Engine | None = No
 
     @app.get("/versions")
     def versions():
-        return jsonify(versions=backend.versions(), current=backend.model_version())
+        detail = backend.versions_detail()
+        return jsonify(versions=backend.versions(), current=backend.model_version(),
+                       pinned=detail["pinned"], details=detail["versions"])
 
     @app.get("/metrics")
     def metrics():

@@ -59,8 +59,10 @@ class Engine:
             self._labeler = _default_labeler()
         return self._labeler
 
+    extra_params: dict | None = None  # set by the backend from /setup: may pin a version
+
     def model(self):
-        path = current_model_path(self.config.model_dir, self.config.model_name)
+        path = current_model_path(self.config.model_dir, self.config.model_name, self.extra_params)
         with self._lock:  # one load at a time; concurrent callers wait for it instead of loading twice
             if self._lm is None or self._lm_path != path:
                 log.info("loading model %s", path)

@@ -62,11 +62,19 @@ class Backend:
         return backend
 
     # -- versions ---------------------------------------------------------------------------
+    # LS sends the ML backend's extra params with /setup; a `model_version` there pins a rollback.
+    extra_params: dict | None = None
+
     def model_version(self) -> str:
-        return current_model_version(self.config.model_dir, self.config.model_name)
+        return current_model_version(self.config.model_dir, self.config.model_name, self.extra_params)
 
     def versions(self) -> list[str]:
         return list_versions(self.config.model_dir, self.config.model_name)
+
+    def versions_detail(self) -> dict:
+        from icm_backend.finetune.versions import versions_payload
+
+        return versions_payload(self.config.model_dir, self.extra_params)
 
     # -- predict ----------------------------------------------------------------------------
     def predict(self, project: int, spec: ProjectSpec, label_config: str, tasks: list[dict]) -> list[dict]:

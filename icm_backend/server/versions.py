@@ -43,7 +43,23 @@ def list_versions(model_dir: str | Path, model_name: str | None = None) -> list[
     return [base_version(model_name)] + [p.name for p in found]
 
 
-def current_model_version(model_dir: str | Path, model_name: str | None = None) -> str:
+def current_model_version(model_dir: str | Path, model_name: str | None = None,
+                          extra_params: dict | None = None) -> str:
+    """The served version: a rollback pin (LS extra param `model_version`, else env ICM_MODEL_VERSION),
+    else CURRENT, else the base model. A pin naming no version raises InputError: rolling back to
+    something that does not exist must not silently serve something else."""
+    from icm_backend.errors import InputError
+    from icm_backend.finetune.versions import BASE, PIN_ENV, pinned_version
+
+    base = base_version(model_name)
+    pin = pinned_version(extra_params)
+    if pin in (BASE, base):
+        return base
+    if pin:
+        if (versions_dir(model_dir) / pin).is_dir():
+            return pin
+        raise InputError(f"{PIN_ENV} / extra param model_version {pin!r}: no such version under "
+                         f"{versions_dir(model_dir)} (have: {', '.join(list_versions(model_dir, model_name))})")
     current = versions_dir(model_dir) / CURRENT_FILE
     try:
         name = current.read_text().strip()
@@ -51,11 +67,12 @@ def current_model_version(model_dir: str | Path, model_name: str | None = None) 
         name = ""
     if name and (versions_dir(model_dir) / name).is_dir():
         return name
-    return base_version(model_name)
+    return base
 
 
-def current_model_path(model_dir: str | Path, model_name: str | None = None) -> str:
+def current_model_path(model_dir: str | Path, model_name: str | None = None,
+                       extra_params: dict | None = None) -> str:
     """What to hand to load_lm: the served fine-tuned dir, else the base model name."""
-    version = current_model_version(model_dir, model_name)
+    version = current_model_version(model_dir, model_name, extra_params)
     path = versions_dir(model_dir) / version
     return str(path) if path.is_dir() else (model_name or base_model_name())
