@@ -32,6 +32,7 @@ class LoadedLM:
     dtype: str
     device: str
     context_window: int
+    adapter: str | None = None  # the LoRA adapter dir merged into the weights, for a fine-tuned version
 
 
 def cache_root() -> Path:
@@ -200,4 +201,5 @@ def load_lm(name_or_path: str | None = None, quantize: str = "auto") -> LoadedLM
     log.info("model %s loaded: %s on %s, weights %s, context %d", name,
              "4-bit NF4" if four_bit else "bf16 (no quantization)", device, version, window)
     return LoadedLM(model=model, tokenizer=tok, name=name, version=version, quantization=quant,
-                    dtype="bfloat16", device=device, context_window=window)
+                    dtype="bfloat16", device=device, context_window=window,
+                    adapter=str(adapter_dir) if adapter_dir is not None else None)
