@@ -38,7 +38,7 @@ class SearchConfig:
     fix_rounds: int = 10  # M in ConsistencyFix
     group_weight: float = 100.0  # sampling weight of unlabelled examples next to a labelled group member
     max_iters: int | None = None  # default 20 * N
-    patience: int | None = None  # stop once all are labelled and this many iterations changed nothing (default N)
+    patience: int | None = None  # iterations per sweep once all are labelled (default N)
     context_tokens: int = 384  # token budget of the shared in-context prefix
     fold_size: int = 64
     checkpoint_every_s: float = float(os.environ.get("ICM_CHECKPOINT_EVERY_S", "20"))
@@ -49,6 +49,8 @@ class SearchState:
     labels: list[int]
     iteration: int = 0
     since_change: int = 0
+    sweep_start: int = 0  # iteration at which the current context sample was drawn
+    sweeps: int = 0  # context samples drawn after D was complete
     accepted: int = 0
     rng_state: dict = field(default_factory=dict)
     label_order: list[int] = field(default_factory=list)  # order in which examples entered D
@@ -58,6 +60,7 @@ class SearchState:
     # LM tokens the reference code's scheme would process for the same accepted changes: 1 + L calls
     # per changed label, each with all L labelled examples in context and no prefix cache.
     reference_tokens: float = 0.0
+    reference_tokens_same_context: float = 0.0  # the same, with contexts capped at our token budget
 
 
 def run_fingerprint(problem: Problem, scorer_id: str, method: str, seed: int, config: SearchConfig) -> str:
@@ -192,9 +195,12 @@ class ICMSearch:
                    disable=None)
         while state.iteration < self.max_iters:
             n_labelled = int((labels != UNLABELLED).sum())
-            if n_labelled == self.n and state.since_change >= self.patience:
-                log.info("ICM converged: no label changed in the last %d iterations", state.since_change)
-                break
+            if n_labelled == self.n and state.iteration - state.sweep_start >= self.patience:
+                if state.sweeps > 0 and state.since_change >= state.iteration - state.sweep_start:
+                    log.info("ICM converged: a whole sweep of %d iterations changed no label", self.patience)
+                    break
+                self._new_sweep(state)
+                utility = None
             state.iteration += 1
             state.since_change += 1
             i = self.sample(labels)
@@ -249,11 +255,27 @@ class ICMSearch:
                  state.iteration, state.accepted, self.objective(labels).value, self.consistency.count(labels))
         return state
 
+    def _new_sweep(self, state: SearchState) -> None:
+        """Draw a fresh sample of D as the in-context examples, as the paper's context is all of D.
+
+        While D grows, contexts hold the earliest-labelled examples (8 of them random at the start), so
+        they stay fixed and cacheable; once every example is labelled, each sweep of N iterations sees a
+        new random sample of the current labels, until a whole sweep changes nothing.
+        """
+        state.sweeps += 1
+        state.sweep_start = state.iteration
+        state.since_change = 0
+        self.plan.label_order = [int(i) for i in self.rng.permutation(self.n)]
+        log.info("ICM sweep %d at iteration %d: new in-context sample of the labelled set", state.sweeps,
+                 state.iteration)
+
     def _count_reference_cost(self, state: SearchState, labels: np.ndarray) -> None:
         labelled = labels != UNLABELLED
         n_l = int(labelled.sum())
         context = float(self.plan.block_tokens[labelled].sum())
-        state.reference_tokens += (1 + n_l) * (context + float(self.plan.prompt_tokens.mean()))
+        prompt = float(self.plan.prompt_tokens.mean())
+        state.reference_tokens += (1 + n_l) * (context + prompt)
+        state.reference_tokens_same_context += (1 + n_l) * (min(context, self.plan.context_tokens) + prompt)
 
     def _save(self, state: SearchState, labels: np.ndarray) -> None:
         state.labels = labels.tolist()

@@ -95,16 +95,18 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     cfg = SearchConfig(context_tokens=60, fold_size=10, checkpoint_every_s=0.0)
     full = label_rows(rows, "classify", ["bad", "good"], "icm", scorer, seed=3, config=cfg,
                       checkpoint=tmp_path / "a.json")
-    # Interrupt a second run after 25 iterations, then resume it from its checkpoint.
+    # Crash a second run at iteration 25 (the checkpoint holds iteration 24), then resume it.
     ck = tmp_path / "b.json"
-    problem = build_problem(rows, "classify", ["bad", "good"])
-    partial = ICMSearch(problem, scorer, SearchConfig(**{**cfg.__dict__, "max_iters": 25}), 3, ck)
-    partial.max_iters = 25
-    partial.run()
+
+    def crash(done, total, message):
+        if message.startswith("iteration 25,"):
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        label_rows(rows, "classify", ["bad", "good"], "icm", scorer, seed=3, config=cfg, checkpoint=ck,
+                   progress=crash)
     state = json.loads(ck.read_text())
-    assert state["iteration"] == 25
-    state["done"] = False
-    ck.write_text(json.dumps(state))
+    assert state["iteration"] == 24 and not state["done"]
     resumed = label_rows(rows, "classify", ["bad", "good"], "icm", scorer, seed=3, config=cfg, checkpoint=ck)
     assert [p.label for p in resumed] == [p.label for p in full]
     assert [p.label for p in full] == ["good" if i % 3 else "bad" for i in range(30)]
