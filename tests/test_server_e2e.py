@@ -24,9 +24,8 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 N_TASKS = 30
 SHARD = 10
-# Full ICM on this 2-core CPU runs ~10 s per search iteration with smollm2; the E2E tests the plumbing
-# with the real model and a cheaper method unless told otherwise (ICM_E2E_METHOD=icm ICM_E2E_MAX_ITERS=..).
-METHOD = os.environ.get("ICM_E2E_METHOD", "bootstrap")
+# The real ICM search on the real tiny model; ICM_E2E_METHOD=bootstrap tests the plumbing faster.
+METHOD = os.environ.get("ICM_E2E_METHOD", "icm")
 
 
 def sst2(shared_dir: Path, n: int) -> list[dict]:
@@ -52,7 +51,7 @@ def test_label_studio_e2e(label_studio, shared_dir, tmp_path):
     backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
         "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"),
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-        "ICM_METHOD": METHOD, "ICM_MAX_ITERS": os.environ.get("ICM_E2E_MAX_ITERS", "20"),
+        "ICM_METHOD": METHOD, "ICM_MAX_ITERS": os.environ.get("ICM_E2E_MAX_ITERS", "120"),
         "ICM_SYNC_MAX_TASKS": "4", "ICM_JOB_SHARD_SIZE": str(SHARD), "LOG_LEVEL": "INFO",
     })
     backend.start()
