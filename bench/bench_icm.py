@@ -62,6 +62,8 @@ def main() -> int:
     ap.add_argument("--n-sst2", type=int, default=256)
     ap.add_argument("--n-paper", type=int, default=32)
     ap.add_argument("--paper-context-tokens", type=int, default=1024)
+    ap.add_argument("--icm-max-iters", type=int, default=None, help="cap on ICM iterations (default 20 x n)")
+    ap.add_argument("--icm-seeds", default=None, help="seeds for ICM when fewer than --seeds fit the time")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_icm"))
     args = ap.parse_args()
     out = Path(args.out)
@@ -77,11 +79,14 @@ def main() -> int:
         rows, gold, task, labels = load_dataset(dataset, args.n_sst2, args.n_paper)
         problem = build_problem(rows, task, labels)
         gold_words = [gold_label(g, problem) for g in gold]
-        config = SearchConfig(context_tokens=384 if dataset == "sst2" else args.paper_context_tokens)
+        config = SearchConfig(context_tokens=384 if dataset == "sst2" else args.paper_context_tokens,
+                              max_iters=args.icm_max_iters)
         for method in args.methods.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
                 if method == "zero-shot" and seed != int(args.seeds.split(",")[0]):
                     continue  # no randomness in zero-shot
+                if method == "icm" and args.icm_seeds and str(seed) not in args.icm_seeds.split(","):
+                    continue
                 if (dataset, method, seed) in done:
                     continue
                 scorer = TransformersScorer(lm, problem.label_words)
