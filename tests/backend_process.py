@@ -15,6 +15,17 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 
 
+def wait_for(pred, timeout: float, what: str, every: float = 0.5):
+    """Poll `pred` until it returns something truthy; return that, or raise after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
 @dataclass
 class BackendProcess:
     port: int

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_process import BackendProcess
+from backend_process import BackendProcess, wait_for
 from label_studio_harness import free_port
 
 pytestmark = pytest.mark.slow
@@ -32,16 +32,6 @@ def sst2(shared_dir: Path, n: int) -> list[tuple[str, str]]:
         text, label = line.rsplit("\t", 1)
         out.append((text.strip(), "Positive" if label.strip() == "1" else "Negative"))
     return out
-
-
-def wait_for(pred, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def backend_env(label_studio, **extra) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_process import BackendProcess
+from backend_process import BackendProcess, wait_for
 from label_studio_harness import free_port
 
 pytestmark = pytest.mark.slow
@@ -34,16 +34,6 @@ def sst2(shared_dir: Path, n: int) -> list[dict]:
         pytest.skip(f"SST-2 not found at {path}")
     lines = path.read_text().splitlines()[1:n + 1]
     return [{"text": line.split("\t")[0].strip()} for line in lines]
-
-
-def wait_for(pred, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def test_label_studio_e2e(label_studio, shared_dir, tmp_path):

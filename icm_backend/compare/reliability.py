@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numpy as np
 
+from icm_backend.evaluate import ReliabilityBin, calibration
 from icm_backend.types import Prediction
 
-
-@dataclass
-class ReliabilityBin:
-    low: float
-    high: float
-    count: int
-    mean_confidence: float
-    accuracy: float  # fraction of tasks in the bin where ICM's label = the crowd majority
+__all__ = ["ReliabilityBin", "reliability_bins"]
 
 
 def reliability_bins(predictions: dict[int, Prediction], majority: dict[int, str],
                      n_bins: int = 10) -> list[ReliabilityBin]:
-    """Equal-width bins over [0, 1]; empty bins are left out."""
-    bins: list[list[tuple[float, bool]]] = [[] for _ in range(n_bins)]
-    for t, p in predictions.items():
-        if t in majority:
-            i = min(int(p.confidence * n_bins), n_bins - 1)
-            bins[i].append((p.confidence, p.label == majority[t]))
-    out = []
-    for i, items in enumerate(bins):
-        if items:
-            out.append(ReliabilityBin(i / n_bins, (i + 1) / n_bins, len(items),
-                                      sum(c for c, _ in items) / len(items),
-                                      sum(ok for _, ok in items) / len(items)))
-    return out
+    """Equal-width bins over [0, 1], "accuracy" = agreement with the crowd majority; empty bins left out."""
+    pairs = [(p.confidence, p.label == majority[t]) for t, p in predictions.items() if t in majority]
+    if not pairs:
+        return []
+    _, bins = calibration(np.array([c for c, _ in pairs]), np.array([ok for _, ok in pairs], dtype=float), n_bins)
+    return [b for b in bins if b.count]
