@@ -46,7 +46,7 @@ class TransformersScorer:
         self.model_id = f"{lm.name}@{lm.version}"
         self.batch_size = batch_size
         self.stats = ScorerStats()
-        self._prefix_cache: dict[str, tuple[list[int], object]] = {}
+        self._prefix_cache: dict[str, object] = {}  # prefix text -> its KV cache
         self._prefix_cache_size = prefix_cache_size
         self.set_labels(label_words)
 
@@ -83,7 +83,7 @@ class TransformersScorer:
         hit = self._prefix_cache.get(key)
         if hit is not None:
             self.stats.prefix_cache_hits += 1
-            return hit[1]
+            return hit
         with torch.no_grad():
             out = self.model(input_ids=torch.tensor([prefix_ids], device=self.lm.device), use_cache=True,
                              logits_to_keep=1)
@@ -91,12 +91,10 @@ class TransformersScorer:
         self.stats.tokens_processed += len(prefix_ids)
         if len(self._prefix_cache) >= self._prefix_cache_size:
             self._prefix_cache.pop(next(iter(self._prefix_cache)))
-        self._prefix_cache[key] = (prefix_ids, out.past_key_values)
+        self._prefix_cache[key] = out.past_key_values
         return out.past_key_values
 
     def score(self, prefix: str, targets: list[str]) -> np.ndarray:
-        import torch
-
         if not targets:
             return np.zeros((0, len(self.label_words)))
         prefix_ids = self._encode_prefix(prefix)
