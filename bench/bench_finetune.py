@@ -34,8 +34,8 @@ def read_tsv(path: str) -> list[dict]:
 
 def accuracy(model, rows: list[dict], method: str, seed: int, n_icm: int | None,
              icm_iters: int | None = None) -> tuple[float, int, float]:
-    from icm_backend.labeler import label_rows
-    from icm_backend.search import SearchConfig
+    from icm_backend.engine.labeler import label_rows
+    from icm_backend.engine.search import SearchConfig
 
     if method == "icm" and n_icm:
         rows = rows[:n_icm]
@@ -48,7 +48,7 @@ def accuracy(model, rows: list[dict], method: str, seed: int, n_icm: int | None,
             last[0] = time.monotonic()
             print(f"  {method}: {done}/{total} {msg}", flush=True)
 
-    preds = label_rows([{"text": r["text"]} for r in rows], "classify", LABELS, method=method, model=model,
+    preds = label_rows([{"text": r["text"]} for r in rows], task="classify", labels=LABELS, method=method, model=model,
                        seed=seed, config=config, progress=progress)
     gold = [LABELS[int(r["label"])] for r in rows]
     acc = sum(p.label == g for p, g in zip(preds, gold)) / len(rows)
@@ -80,7 +80,7 @@ def main() -> int:
     import torch
 
     from icm_backend.finetune.lora import training_threads
-    from icm_backend.model import load_lm
+    from icm_backend.engine.model import load_lm
 
     torch.set_num_threads(training_threads())  # scoring suffers from oversubscription the same way
     print(f"torch threads: {torch.get_num_threads()}", flush=True)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from icm_backend.evaluate import calibration
-from icm_backend.labeler import run_method, to_predictions
-from icm_backend.model import load_lm
-from icm_backend.scorer import TransformersScorer
-from icm_backend.search import ICMSearch, SearchConfig
-from icm_backend.tasks import build_problem, gold_label
+from icm_backend.engine.evaluate import calibration
+from icm_backend.engine.labeler import run_method, to_predictions
+from icm_backend.engine.model import load_lm
+from icm_backend.engine.scorer import TransformersScorer
+from icm_backend.engine.search import ICMSearch, SearchConfig
+from icm_backend.engine.tasks import build_problem, gold_label
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from icm_backend.server.app import create_app, get_backend  # noqa: E402
 from icm_backend.server.config import ServerConfig  # noqa: E402
-from icm_backend.server.engine import Engine  # noqa: E402
+from icm_backend.server.model_host import ModelHost  # noqa: E402
 
 CONFIG_XML = (REPO / "label_config" / "classify.xml").read_text()
 
@@ -55,7 +55,7 @@ def run_job(app, project: int, tasks: list[dict]) -> tuple[float, dict]:
     if not backend.runner.wait_idle(timeout=24 * 3600):
         raise RuntimeError("job did not finish")
     elapsed = time.perf_counter() - t0
-    done = backend.store.get_job(job.id)
+    done = backend.jobs.get_job(job.id)
     if done.status != "done":
         raise RuntimeError(f"job {done.id} {done.status}: {done.error}")
     return elapsed, done.state
@@ -77,20 +77,20 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="icm-bench-"))
     cfg = ServerConfig(model_dir=tmp, model_name=os.environ["ICM_MODEL"], method=args.method,
                        max_iters=args.max_iters or None, shard_size=args.shard_size)
-    engine = None
+    host = None
     if args.fake:
         sys.path.insert(0, str(REPO / "tests"))
         from fake_labeler import fake_label_rows
 
-        engine = Engine(cfg, labeler=fake_label_rows, loader=lambda name: name)
-    app = create_app(cfg, engine=engine)
+        host = ModelHost(cfg, labeler=fake_label_rows, loader=lambda name: name)
+    app = create_app(cfg, host=host)
     backend = get_backend(app)
     srv, url = serve(app)
     rows = []
     try:
         t0 = time.perf_counter()
         if not args.fake:
-            backend.engine.model()
+            backend.host.model()
         rows.append(("model load", f"{time.perf_counter() - t0:.1f} s", cfg.model_name if not args.fake else "fake"))
 
         # 1. /predict for tasks a job already labelled

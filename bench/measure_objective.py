@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from icm_backend.consistency import Consistency
-from icm_backend.context import ContextPlan, ScoreCache
-from icm_backend.model import load_lm
-from icm_backend.objective import Objective
-from icm_backend.scorer import TransformersScorer
-from icm_backend.tasks import build_problem
+from icm_backend.engine.consistency import Consistency
+from icm_backend.engine.context import ContextPlan, ScoreCache
+from icm_backend.engine.model import load_lm
+from icm_backend.engine.objective import Objective
+from icm_backend.engine.scorer import TransformersScorer
+from icm_backend.engine.tasks import build_problem
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv"
 

@@ -1,7 +1,6 @@
 """A stand-in with label_rows' signature: deterministic, instant, exercises flags and checkpoints.
 
-Usable in-process (Engine(labeler=fake_label_rows)) or in a server subprocess via
-ICM_LABELER=fake_labeler:fake_label_rows (with tests/ on PYTHONPATH).
+Used in-process: ModelHost(config, labeler=fake_label_rows).
 """
 
 from __future__ import annotations
@@ -11,12 +10,13 @@ import os
 import time
 from pathlib import Path
 
-from icm_backend.types import Prediction
+from icm_backend.engine.types import INCONSISTENT, Flag, Prediction
 
 CALLS: list[dict] = []
 
 
-def fake_label_rows(rows, task, labels=None, method="icm", model=None, seed=0, checkpoint=None, progress=None):
+def fake_label_rows(rows, *, task, labels=None, method="icm", model=None, seed=0, checkpoint=None, progress=None,
+                    **_settings):
     CALLS.append({"n": len(rows), "task": task, "method": method, "checkpoint": checkpoint})
     words = list(labels) if labels else ["True", "False"]
     delay = float(os.environ.get("FAKE_LABELER_DELAY", "0"))
@@ -37,6 +37,6 @@ def fake_label_rows(rows, task, labels=None, method="icm", model=None, seed=0, c
         label, conf = done[i]
         flags = []
         if len(rows) > 1 and i in (0, 1):  # rows 0 and 1 conflict, always
-            flags.append({"type": "inconsistent", "with": [1 - i], "reason": "rows disagree"})
+            flags.append(Flag(INCONSISTENT, (1 - i,), "rows disagree"))
         preds.append(Prediction(index=i, label=label, confidence=conf, flags=flags))
     return preds

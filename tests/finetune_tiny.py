@@ -10,7 +10,7 @@ def make_tiny_model(out: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from icm_backend.model import resolve_model_dir
+    from icm_backend.engine.model import resolve_model_dir
 
     if (out / "config.json").exists():
         return out

@@ -12,7 +12,7 @@ from icm_backend.compare import compare, load_inputs
 from icm_backend.compare.data import CompareInput, CrowdLabel
 from icm_backend.compare.loaders import load_crowd, load_icm_labels
 from icm_backend.errors import InputError
-from icm_backend.types import Prediction
+from icm_backend.engine.types import Prediction
 
 
 def _icm(path, rows):

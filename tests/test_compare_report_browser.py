@@ -17,7 +17,7 @@ import pytest
 
 from icm_backend.compare import compare, write_html_report
 from icm_backend.compare.data import CompareInput, CrowdLabel
-from icm_backend.types import Prediction
+from icm_backend.engine.types import Prediction
 
 
 def _chromium() -> str | None:

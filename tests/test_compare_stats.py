@@ -14,7 +14,7 @@ import pytest
 from icm_backend.compare.data import CompareInput, CrowdLabel
 from icm_backend.compare.pipeline import compare
 from icm_backend.compare.stats import accuracy, cohen_kappa, fleiss_kappa, krippendorff_alpha
-from icm_backend.types import Prediction
+from icm_backend.engine.types import Prediction
 
 
 def test_accuracy_hand_case():

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 from fake_scorer import FakeScorer
-from icm_backend.consistency import UNLABELLED, Consistency
+from icm_backend.engine.consistency import UNLABELLED, Consistency
 from icm_backend.errors import InputError
-from icm_backend.labeler import label_rows
-from icm_backend.search import ICMSearch, SearchConfig
-from icm_backend.tasks import build_problem, gold_label
+from icm_backend.engine.labeler import label_rows
+from icm_backend.engine.search import ICMSearch, SearchConfig
+from icm_backend.engine.tasks import build_problem, gold_label
 
 
 def gsm_rows():
@@ -68,12 +68,12 @@ def test_gold_normalisation():
 
 def test_icm_finds_the_consistent_labelling():
     rows = gsm_rows()
-    preds = label_rows(rows, "gsm8k", method="icm", model=FakeScorer(), seed=1,
+    preds = label_rows(rows, task="gsm8k", method="icm", model=FakeScorer(), seed=1,
                        config=SearchConfig(context_tokens=200, fold_size=3))
     got = [p.label for p in preds]
     assert got == ["True", "True", "False", "False", "True", "True"]
     assert all(0.5 < p.confidence <= 1 for p in preds)
-    assert not any(f["type"] == "inconsistent" for p in preds for f in p.flags)
+    assert not any(f.kind == "inconsistent" for p in preds for f in p.flags)
 
 
 def test_consistency_fix_keeps_a_repair_only_if_u_improves():
@@ -93,7 +93,7 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     rows = [{"text": f"item {i} {'good' if i % 3 else 'bad'}"} for i in range(30)]
     scorer = FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"})
     cfg = SearchConfig(context_tokens=60, fold_size=10, checkpoint_every_s=0.0)
-    full = label_rows(rows, "classify", ["bad", "good"], "icm", scorer, seed=3, config=cfg,
+    full = label_rows(rows, task="classify", labels=["bad", "good"], method="icm", model=scorer, seed=3, config=cfg,
                       checkpoint=tmp_path / "a.json")
     # Crash a second run at iteration 25 (the checkpoint holds iteration 24), then resume it.
     ck = tmp_path / "b.json"
@@ -103,11 +103,11 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
             raise RuntimeError("simulated crash")
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        label_rows(rows, "classify", ["bad", "good"], "icm", scorer, seed=3, config=cfg, checkpoint=ck,
+        label_rows(rows, task="classify", labels=["bad", "good"], method="icm", model=scorer, seed=3, config=cfg, checkpoint=ck,
                    progress=crash)
     state = json.loads(ck.read_text())
     assert state["iteration"] == 24 and not state["done"]
-    resumed = label_rows(rows, "classify", ["bad", "good"], "icm", scorer, seed=3, config=cfg, checkpoint=ck)
+    resumed = label_rows(rows, task="classify", labels=["bad", "good"], method="icm", model=scorer, seed=3, config=cfg, checkpoint=ck)
     assert [p.label for p in resumed] == [p.label for p in full]
     assert [p.label for p in full] == ["good" if i % 3 else "bad" for i in range(30)]
 
@@ -116,18 +116,18 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
     rows = [{"text": f"item {i} good"} for i in range(6)]
     cfg = SearchConfig(context_tokens=40, fold_size=3)
     ck = tmp_path / "c.json"
-    label_rows(rows, "classify", ["bad", "good"], "icm", FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}),
+    label_rows(rows, task="classify", labels=["bad", "good"], method="icm", model=FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}),
                seed=0, config=cfg, checkpoint=ck)
     with pytest.raises(InputError, match="different run"):
-        label_rows(rows, "classify", ["bad", "good"], "icm",
-                   FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}), seed=1, config=cfg, checkpoint=ck)
+        label_rows(rows, task="classify", labels=["bad", "good"], method="icm",
+                   model=FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}), seed=1, config=cfg, checkpoint=ck)
 
 
 @pytest.mark.parametrize("method", ["zero-shot", "random-fewshot", "bootstrap", "gold-fewshot"])
 def test_baselines_share_the_code_path(method):
     rows = gsm_rows()
     gold = ["True", "True", "False", "False", "True", "True"]
-    preds = label_rows(rows, "gsm8k", method=method, model=FakeScorer(), seed=0, gold=gold,
+    preds = label_rows(rows, task="gsm8k", method=method, model=FakeScorer(), seed=0, gold=gold,
                        config=SearchConfig(context_tokens=200, fold_size=3))
     assert [p.index for p in preds] == list(range(6))
     assert [p.label for p in preds] == gold  # the fake model is right on every item
@@ -136,5 +136,5 @@ def test_baselines_share_the_code_path(method):
 def test_low_confidence_is_flagged():
     rows = [{"text": f"item {i}"} for i in range(4)]  # no cue word: the fake model is unsure
     scorer = FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}, strength=0.1)
-    preds = label_rows(rows, "classify", ["bad", "good"], "zero-shot", scorer, review_threshold=0.9)
-    assert all(any(f["type"] == "low_confidence" for f in p.flags) for p in preds)
+    preds = label_rows(rows, task="classify", labels=["bad", "good"], method="zero-shot", model=scorer, review_threshold=0.9)
+    assert all(any(f.kind == "low_confidence" for f in p.flags) for p in preds)

@@ -10,7 +10,7 @@ from icm_backend.errors import InputError
 from icm_backend.finetune.data import (annotation_label, read_rows, resolve_task_annotations,
                                        training_set_from_file, training_set_from_ls_tasks)
 from icm_backend.finetune.job import explain_empty
-from icm_backend.server.label_config import parse_label_config
+from icm_backend.labelstudio.config import parse_label_config
 
 CLASSIFY = """<View><Text name="text" value="$text"/>
 <Choices name="sentiment" toName="text" choice="single"><Choice value="negative"/><Choice value="positive"/></Choices></View>"""

@@ -12,12 +12,10 @@ import pytest
 
 from finetune_tiny import make_tiny_model
 from icm_backend.finetune import job as job_mod
-from icm_backend.finetune.trigger import on_training_event
 from icm_backend.finetune.versions import current_name, list_versions
 from icm_backend.server.app import create_app, get_backend
 from icm_backend.server.config import ServerConfig
-from icm_backend.server.engine import Engine
-from icm_backend.server.events import EventRegistry
+from icm_backend.server.model_host import ModelHost
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +46,7 @@ def app_for(tmp_path, tiny, monkeypatch):
         monkeypatch.setattr(job_mod, "fetch_ls_tasks", lambda url, key, project: tasks)
         cfg = ServerConfig(model_dir=tmp_path / "model", model_name=str(tiny), label_studio_url="http://ls.invalid",
                            label_studio_api_key="x")
-        events = EventRegistry()
-        events.on_event("START_TRAINING", on_training_event)
-        app = create_app(cfg, engine=Engine(cfg, labeler=lambda *a, **k: [], loader=lambda n: n), events=events)
+        app = create_app(cfg, host=ModelHost(cfg, labeler=lambda *a, **k: [], loader=lambda n: n))
         app.testing = True
         apps.append(app)
         return app
@@ -63,11 +59,11 @@ def app_for(tmp_path, tiny, monkeypatch):
 def wait_job(backend, pred, timeout=240):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        jobs = [j for j in backend.store.list_jobs() if j.kind == "train"]
+        jobs = [j for j in backend.jobs.list_jobs() if j.kind == "train"]
         if jobs and pred(jobs[0]):
             return jobs[0]
         time.sleep(0.2)
-    raise AssertionError(f"train job never reached the state: {[j.to_json() for j in backend.store.list_jobs()]}")
+    raise AssertionError(f"train job never reached the state: {[j.to_json() for j in backend.jobs.list_jobs()]}")
 
 
 def test_start_training_makes_a_new_served_version(app_for, start_training, monkeypatch):
@@ -128,8 +124,8 @@ def test_killed_trainer_fails_the_job_and_keeps_the_serving_version(app_for, sta
 def test_job_interrupted_by_a_restart_is_failed_not_rerun(app_for, tmp_path):
     app = app_for(good_tasks())
     backend = get_backend(app)
-    job = backend.store.create_job("train", 1, None, {})
-    backend.store.update_job(job.id, status="running", state={"last_progress": "step 3/48"})
+    job = backend.jobs.create_job("train", 1, None, {})
+    backend.jobs.update_job(job.id, status="running", state={"last_progress": "step 3/48"})
     backend.runner.stop()
     backend.runner._thread = None
     backend.runner.ensure_started()  # what a restarted server does: requeue 'running' jobs

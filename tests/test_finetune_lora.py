@@ -54,7 +54,7 @@ def test_holdout_is_stratified_and_skipped_for_tiny_sets():
 def test_label_logits_match_full_lm_head(tiny):
     import torch
 
-    from icm_backend.model import load_lm
+    from icm_backend.engine.model import load_lm
 
     lm = load_lm(str(tiny), "none")
     t = lora.LabelTokenTrainer(lm.model, lm.tokenizer, LABELS, TrainConfig(loss="restricted"), "cpu")
@@ -70,7 +70,7 @@ def test_label_logits_match_full_lm_head(tiny):
 def test_train_version_learns_and_loads_back(tiny, tmp_path):
     from icm_backend.finetune.pipeline import train_version
     from icm_backend.finetune.versions import list_versions
-    from icm_backend.model import load_lm
+    from icm_backend.engine.model import load_lm
 
     rows = sentiment_rows(40)
     ts = TrainingSet([TrainingRow({"text": r["text"]}, r["label"], "file", i) for i, r in enumerate(rows)])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 
 from icm_backend.finetune.trigger import TRAIN_KIND, TrainingTrigger, project_of, should_train
-from icm_backend.server.jobs import Store
+from icm_backend.jobs.db import Database
+from icm_backend.jobs.queue import JobStore
 
 
 class FakeRunner:
@@ -33,7 +34,7 @@ def test_project_id_from_payloads(ls_fixtures_dir):
 
 
 def test_second_trigger_coalesces_into_queued_or_running_job(tmp_path):
-    store = Store(tmp_path / "db.sqlite3")
+    store = JobStore(Database(tmp_path / "db.sqlite3"))
     trig = TrainingTrigger(store, FakeRunner(store))
     first = trig.trigger(1, {})
     assert first.status == "queued"
@@ -52,7 +53,7 @@ def test_second_trigger_coalesces_into_queued_or_running_job(tmp_path):
 
 
 def test_concurrent_triggers_make_one_job(tmp_path):
-    store = Store(tmp_path / "db.sqlite3")
+    store = JobStore(Database(tmp_path / "db.sqlite3"))
     trig = TrainingTrigger(store, FakeRunner(store))
     results = []
     threads = [threading.Thread(target=lambda: results.append(trig.trigger(7, {}))) for _ in range(8)]

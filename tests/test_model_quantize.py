@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from icm_backend.errors import InputError
-from icm_backend.model import _want_4bit, load_lm
-from icm_backend.scorer import TransformersScorer
+from icm_backend.engine.model import _want_4bit, load_lm
+from icm_backend.engine.scorer import TransformersScorer
 
 pytestmark = pytest.mark.slow
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from icm_backend.cli import main
-from icm_backend.server.jobs import Store
+from icm_backend.jobs.db import Database
+from icm_backend.jobs.queue import JobStore
 
 
 def test_jobs_lists_progress_and_cancels(tmp_path, capsys):
-    store = Store(tmp_path / "icm_backend.sqlite3")
+    store = JobStore(Database(tmp_path / "icm_backend.sqlite3"))
     job = store.create_job("icm", 3, "icm-smollm2-135m", {})
     store.update_job(job.id, status="running", done=64, total=256, message="shard 1/2 written")
     store.create_job("train", 3, "ft-1", {})
@@ -23,7 +24,7 @@ def test_jobs_lists_progress_and_cancels(tmp_path, capsys):
 def test_jobs_bad_input_is_one_line(tmp_path, capsys):
     assert main(["jobs", "--model-dir", str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.startswith("error: --model-dir")
-    Store(tmp_path / "icm_backend.sqlite3")
+    JobStore(Database(tmp_path / "icm_backend.sqlite3"))
     assert main(["jobs", "--model-dir", str(tmp_path), "--cancel", "99"]) == 2
 
 
@@ -33,12 +34,12 @@ def test_serve_refuses_several_workers(capsys):
 
 
 def test_restart_requeues_running_jobs(tmp_path):
-    store = Store(tmp_path / "db.sqlite3")
+    store = JobStore(Database(tmp_path / "db.sqlite3"))
     a = store.create_job("icm", 1, "v", {})
     store.update_job(a.id, status="running")
     b = store.create_job("icm", 1, "v", {})
     store.update_job(b.id, status="running", cancel_requested=1)
-    store2 = Store(tmp_path / "db.sqlite3")  # a new process
+    store2 = JobStore(Database(tmp_path / "db.sqlite3"))  # a new process
     store2.requeue_interrupted()
     assert store2.get_job(a.id).status == "queued" and store2.get_job(a.id).restarts == 1
     assert store2.get_job(b.id).status == "cancelled"

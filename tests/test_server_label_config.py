@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from icm_backend.server import predictions as P
+from icm_backend.labelstudio import results as P
 from icm_backend.server.icm_job import shard_tasks
-from icm_backend.server.label_config import LabelConfigError, parse_label_config
-from icm_backend.server.rows import tasks_to_rows
-from icm_backend.types import Prediction
+from icm_backend.labelstudio.config import LabelConfigError, parse_label_config
+from icm_backend.labelstudio.rows import tasks_to_rows
+from icm_backend.engine.types import INCONSISTENT, LOW_CONFIDENCE, Flag, Prediction
 
 CONFIGS = Path(__file__).resolve().parents[1] / "label_config"
 
@@ -65,7 +65,7 @@ def test_claims_keep_the_configs_spelling_of_true_false():
 def test_low_confidence_flag_and_reason():
     spec = parse_label_config((CONFIGS / "classify.xml").read_text())
     rs = tasks_to_rows(spec, [{"id": 3, "data": {"text": "meh"}}])
-    out = P.build(spec, rs, [Prediction(0, "Positive", 0.52)], 0.6)
+    out = P.build(spec, rs, [Prediction(0, "Positive", 0.52, [Flag(LOW_CONFIDENCE)])], 0.6)
     assert out[3].flagged and "low confidence 0.52" in out[3].reason
     assert out[3].result[1]["value"] == {"choices": ["needs review"]}
 
@@ -86,11 +86,11 @@ def test_pairwise_needs_two_texts():
         parse_label_config('<View><Text name="a" value="$a"/><Pairwise name="pw" toName="a"/></View>')
 
 
-def test_engine_row_indices_in_reasons_become_task_ids():
+def test_flags_name_task_ids_looked_up_from_rows():
     spec = parse_label_config((CONFIGS / "claims.xml").read_text())
     rs = tasks_to_rows(spec, [{"id": 40 + i, "data": {"question": "q", "choice": str(i), "consistency_id": 1,
                                                       "answer": str(i)}} for i in range(2)])
-    preds = [Prediction(i, "True", 0.9, [{"type": "inconsistent", "with": [1 - i],
-             "reason": f"rows {i} and {1 - i} give different answers to one question"}]) for i in range(2)]
+    preds = [Prediction(i, "True", 0.9, [Flag(INCONSISTENT, (1 - i,), "", ("exclusive",))]) for i in range(2)]
     out = P.build(spec, rs, preds, 0.6)
-    assert out[40].reason.startswith("inconsistent with task #41: tasks #40 and #41 give different answers")
+    assert out[40].reason == ("inconsistent with task #41: the two give different answers to one question, so they "
+                              "cannot both be True")

@@ -14,7 +14,7 @@ import pytest
 from fake_labeler import fake_label_rows
 from icm_backend.server.app import create_app, get_backend
 from icm_backend.server.config import ServerConfig
-from icm_backend.server.engine import Engine
+from icm_backend.server.model_host import ModelHost
 from icm_backend.server.events import EventRegistry
 
 CLASSIFY_XML = """<View><Text name="text" value="$text"/>
@@ -33,7 +33,7 @@ def make_app(tmp_path):
 
     def make(start_worker=True, **overrides):
         cfg = ServerConfig(model_dir=tmp_path / "model", model_name="smollm2-135m", **overrides)
-        app = create_app(cfg, engine=Engine(cfg, labeler=fake_label_rows, loader=lambda name: name),
+        app = create_app(cfg, host=ModelHost(cfg, labeler=fake_label_rows, loader=lambda name: name),
                          events=EventRegistry(), start_worker=start_worker)
         app.testing = True
         apps.append(app)
@@ -209,11 +209,13 @@ def test_webhook_unknown_event_and_bad_body(client):
 
 def test_on_event_registry_is_a_one_line_hookup(make_app, ls_fixtures_dir):
     app = make_app()
+    registered = len(get_backend(app).events.handlers.get("START_TRAINING", []))
+    assert registered == 1  # the fine-tune feature's, registered by create_app
     seen = []
     get_backend(app).events.on_event("START_TRAINING", lambda payload, backend: seen.append(payload["action"]))
     body = load(ls_fixtures_dir, "webhook_START_TRAINING.json")["json"]
     r = app.test_client().post("/webhook", json=body)
-    assert r.json["handlers"] == 1
+    assert r.json["handlers"] == 2
     for _ in range(100):
         if seen:
             break
@@ -250,7 +252,7 @@ def test_jobs_endpoints_and_cancel(make_app):
     app = make_app(start_worker=False)  # keep the job queued so cancel hits it before it starts
     backend = get_backend(app)
     client = app.test_client()
-    job = backend.store.create_job("icm", 5, "v", {})
+    job = backend.jobs.create_job("icm", 5, "v", {})
     assert client.get(f"/jobs/{job.id}").json["status"] == "queued"
     r = client.post(f"/jobs/{job.id}/cancel")
     assert r.status_code == 200 and r.json["job"]["status"] == "cancelled"

@@ -7,11 +7,11 @@ from importlib.resources import files
 
 import numpy as np
 
-from icm_backend.evaluate import evaluate
-from icm_backend.io import read_rows
-from icm_backend.labeler import label_rows
-from icm_backend.model import load_lm
-from icm_backend.tasks import build_problem
+from icm_backend.engine.evaluate import evaluate
+from icm_backend.engine.io import read_rows
+from icm_backend.engine.labeler import label_rows
+from icm_backend.engine.model import load_lm
+from icm_backend.engine.tasks import build_problem
 
 SAMPLE = "sst2_sample.tsv"
 LABELS = ["negative", "positive"]
@@ -37,7 +37,7 @@ def run(args) -> int:
     print(f"{'method':16} {'accuracy':>8} {'ECE':>6} {'positive':>8} {'time':>7}")
     for method in ("zero-shot", "random-fewshot", "bootstrap", "icm", "gold-fewshot"):
         t0 = time.time()
-        preds = label_rows(inputs, "classify", LABELS, method, lm, args.seed, gold=gold)
+        preds = label_rows(inputs, task="classify", labels=LABELS, method=method, model=lm, seed=args.seed, gold=gold)
         report = evaluate(preds, rows, problem)
         pos = np.mean([p.label == "positive" for p in preds])
         note = "  (uses gold labels: a ceiling, not a method)" if method == "gold-fewshot" else ""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from icm_backend.commands.label import parse_labels
-from icm_backend.evaluate import evaluate
-from icm_backend.io import read_predictions, read_rows
-from icm_backend.tasks import Problem, build_problem
+from icm_backend.engine.evaluate import evaluate
+from icm_backend.engine.io import read_predictions, read_rows
+from icm_backend.engine.tasks import Problem, build_problem
 
 
 def add_subcommands(sub) -> None:

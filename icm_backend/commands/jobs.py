@@ -29,12 +29,13 @@ def add_subcommands(subparsers) -> None:
 
 def run(args) -> int:
     from icm_backend.server.config import ServerConfig
-    from icm_backend.server.jobs import Store
+    from icm_backend.jobs.db import Database
+    from icm_backend.jobs.queue import JobStore
 
     db = ServerConfig(model_dir=Path(args.model_dir)).db_path
     if not db.exists():
         raise InputError(f"--model-dir {args.model_dir}: no job store there ({db.name} missing)")
-    store = Store(db)
+    store = JobStore(Database(db))
     if args.cancel is not None:
         job = store.request_cancel(args.cancel)
         if job is None:

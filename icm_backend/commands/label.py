@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from icm_backend.io import read_rows, write_predictions
-from icm_backend.labeler import CLI_METHODS, DEFAULT_REVIEW_THRESHOLD, label_rows
-from icm_backend.model import QUANTIZE_CHOICES
-from icm_backend.search import SearchConfig
-from icm_backend.tasks import PRESETS
+from icm_backend.engine.io import read_rows, write_predictions
+from icm_backend.engine.labeler import CLI_METHODS, DEFAULT_REVIEW_THRESHOLD, label_rows
+from icm_backend.engine.model import QUANTIZE_CHOICES
+from icm_backend.engine.search import SearchConfig
+from icm_backend.engine.tasks import PRESETS
 
 
 def parse_labels(text: str | None) -> list[str] | None:
@@ -43,9 +44,12 @@ def run(args) -> int:
     # Only the fields the preset reads reach the engine, so a gold column cannot influence anything.
     out = Path(args.out)
     checkpoint = args.checkpoint or str(out) + ".ckpt.json"
-    config = SearchConfig(alpha=args.alpha, max_iters=args.max_iters, context_tokens=args.context_tokens)
-    preds = label_rows(rows, args.task, parse_labels(args.labels), args.method, args.model, args.seed,
-                       checkpoint if args.method == "icm" else None, config=config,
+    # ICM_CHECKPOINT_EVERY_S: how often the search saves (tests set 0 to crash right after a save).
+    config = SearchConfig(alpha=args.alpha, max_iters=args.max_iters, context_tokens=args.context_tokens,
+                          checkpoint_every_s=float(os.environ.get("ICM_CHECKPOINT_EVERY_S", "20")))
+    preds = label_rows(rows, task=args.task, labels=parse_labels(args.labels), method=args.method,
+                       model=args.model, seed=args.seed,
+                       checkpoint=checkpoint if args.method == "icm" else None, config=config,
                        review_threshold=args.review_threshold, quantize=args.quantize)
     write_predictions(preds, out)
     flagged = sum(1 for p in preds if p.flags)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from icm_backend.compare.data import CrowdLabel
-from icm_backend.types import Prediction
+from icm_backend.engine.types import Prediction
 
 ICM_WORKER = "ICM"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from icm_backend.types import Prediction
+from icm_backend.engine.types import Prediction
 
 # Task keys are ints: the row index of the input file (`index` in the ICM jsonl) or a Label
 # Studio task id. Labels are strings: the label words ICM writes ("True"/"False", ...).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from icm_backend.types import Prediction
+from icm_backend.engine.types import Prediction
 
 # In priority order: a confident model against a clear crowd majority is the most likely label
 # error (on one side or the other); a split crowd that ICM is sure about may be settled by ICM;

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from icm_backend.compare.data import CompareInput, CrowdLabel
 from icm_backend.errors import InputError
-from icm_backend.types import Prediction
+from icm_backend.engine.types import Flag, Prediction
 
 CROWD_FORMATS = ("auto", "jsonl", "csv", "alpaca")
 
@@ -89,7 +89,7 @@ def load_icm_labels(path: str | Path) -> dict[int, Prediction]:
             raise InputError(f"{path}:{lineno}: field 'confidence' must be in [0, 1], got {conf}")
         if index in out:
             raise InputError(f"{path}:{lineno}: field 'index' {index} appears twice")
-        out[index] = Prediction(index=index, label=label, confidence=conf, flags=list(row.get("flags") or []))
+        out[index] = Prediction(index=index, label=label, confidence=conf, flags=[Flag.from_json(f) for f in row.get("flags") or [] if isinstance(f, dict)])
     if not out:
         raise InputError(f"{path}: no ICM labels (expected JSONL with 'index', 'label', 'confidence')")
     return out

@@ -31,7 +31,7 @@ from icm_backend.compare.data import CompareInput, CrowdLabel
 from icm_backend.compare.disagreements import Thresholds
 from icm_backend.compare.pipeline import CompareResult, compare
 from icm_backend.errors import InputError
-from icm_backend.types import Prediction
+from icm_backend.engine.types import Prediction
 
 REVIEW_VERSION = "icm-compare-review"
 REVIEW_WORDS = {"needs_review", "needs review", "needs-review"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from icm_backend.evaluate import ReliabilityBin, calibration
-from icm_backend.types import Prediction
+from icm_backend.engine.evaluate import ReliabilityBin, calibration
+from icm_backend.engine.types import Prediction
 
 __all__ = ["ReliabilityBin", "reliability_bins"]
 

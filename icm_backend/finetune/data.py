@@ -66,7 +66,7 @@ class TrainingSet:
 # ---------------------------------------------------------------------------------------------
 # Label Studio
 # ---------------------------------------------------------------------------------------------
-# The project's label config is read by the server's parser (icm_backend.server.label_config) and
+# The project's label config is read by the server's parser (icm_backend.labelstudio.config) and
 # tasks become rows through its tasks_to_rows, so training rows are built exactly as served rows are.
 
 
@@ -148,7 +148,7 @@ def _other(label: str) -> str:
 def training_set_from_ls_tasks(tasks: list[dict], spec, include_icm: bool = False,
                                min_confidence: float = 0.9) -> TrainingSet:
     """Build the training set from LS tasks as `tasks.list(fields="all")` returns them."""
-    from icm_backend.server.rows import tasks_to_rows
+    from icm_backend.labelstudio.rows import tasks_to_rows
 
     out = TrainingSet(rows=[])
     labelled: dict[int, TrainingRow] = {}
@@ -198,7 +198,7 @@ def _plain(obj) -> dict:
 # Files
 # ---------------------------------------------------------------------------------------------
 def _required(task: str) -> tuple[str, ...]:
-    from icm_backend.tasks import PRESETS
+    from icm_backend.engine.tasks import PRESETS
 
     if task not in PRESETS:
         raise InputError(f"--task {task}: unknown preset; choose one of {', '.join(PRESETS)}")

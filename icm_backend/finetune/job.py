@@ -78,10 +78,10 @@ class TrainJob:
         self.backend = backend
 
     def ls_credentials(self, project: int) -> tuple[str, str]:
-        from icm_backend.server.ls_client import LabelStudioUnavailable
+        from icm_backend.labelstudio.client import LabelStudioUnavailable
 
         cfg = self.backend.config
-        known = self.backend.store.get_project(project) or {}
+        known = self.backend.projects.get_project(project) or {}
         url = cfg.label_studio_url or known.get("hostname")
         key = cfg.label_studio_api_key or known.get("access_token")
         if not url or not key:
@@ -91,7 +91,7 @@ class TrainJob:
 
     def __call__(self, ctx) -> str:
         from icm_backend.finetune.trigger import trigger_for
-        from icm_backend.server.label_config import parse_label_config
+        from icm_backend.labelstudio.config import parse_label_config
 
         job, project = ctx.job, ctx.job.project
         try:
@@ -109,7 +109,7 @@ class TrainJob:
         settings = TrainSettings.from_env()
         url, key = self.ls_credentials(project)
         ctx.progress(0, settings.max_steps, "fetching annotations from Label Studio")
-        label_config = job.params.get("label_config") or (self.backend.store.get_project(project) or {}).get("label_config")
+        label_config = job.params.get("label_config") or (self.backend.projects.get_project(project) or {}).get("label_config")
         if not label_config:
             from icm_backend.finetune.data import fetch_ls_project
 
@@ -139,7 +139,7 @@ class TrainJob:
                 f"({result['stopped']}), held-out accuracy {result.get('heldout_accuracy')}; now serving it")
 
     def _run_worker(self, ctx, spec_file, max_steps: int, summary: str) -> dict:
-        from icm_backend.server.jobs import JobCancelled
+        from icm_backend.jobs.queue import JobCancelled
 
         cmd = [sys.executable, "-m", "icm_backend.finetune.worker", str(spec_file)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

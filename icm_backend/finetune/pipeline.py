@@ -21,7 +21,7 @@ def base_model_of(name_or_path: str | None) -> str:
         p = Path(name_or_path)
         if (p / "icm_base_model.txt").exists():
             return (p / "icm_base_model.txt").read_text().strip()
-    from icm_backend.model import DEFAULT_MODEL
+    from icm_backend.engine.model import DEFAULT_MODEL
     import os
 
     return name_or_path or os.environ.get("ICM_MODEL") or DEFAULT_MODEL
@@ -36,7 +36,7 @@ def train_version(ts: TrainingSet, task: str, labels: list[str], model_dir: str 
                   base_model: str | None = None, cfg: TrainConfig | None = None, progress=None,
                   extra_metrics: dict | None = None) -> VersionInfo:
     """Train on `ts` and write MODEL_DIR/versions/<new>/ atomically; returns the new version."""
-    from icm_backend.model import load_lm
+    from icm_backend.engine.model import load_lm
 
     if not ts.rows:
         raise InputError("no training rows: " + (ts.summary() if ts.skipped else "nothing was labelled"))

@@ -1,10 +1,10 @@
 """Training examples in exactly the format the engine scores at inference: the prompt block up to the
-cue, then " <label word>". The block comes from the engine's own `icm_backend.tasks.build_problem`, so
+cue, then " <label word>". The block comes from the engine's own `icm_backend.engine.tasks.build_problem`, so
 training and serving cannot drift apart."""
 
 from __future__ import annotations
 
-from icm_backend.tasks import PRESETS, build_problem
+from icm_backend.engine.tasks import PRESETS, build_problem
 
 
 def prompt_renderer(task: str, labels: list[str]):

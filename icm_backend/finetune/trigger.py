@@ -54,8 +54,8 @@ class TriggerResult:
 class TrainingTrigger:
     """Coalesces training triggers into one job per project on the server's job store/runner."""
 
-    store: object  # icm_backend.server.jobs.Store
-    runner: object  # icm_backend.server.jobs.JobRunner
+    store: object  # icm_backend.jobs.queue.Store
+    runner: object  # icm_backend.jobs.queue.JobRunner
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _dirty: set = field(default_factory=set)
 
@@ -84,9 +84,9 @@ _TRIGGERS: dict[int, TrainingTrigger] = {}  # one per Backend (keyed by id(store
 
 
 def trigger_for(backend) -> TrainingTrigger:
-    key = id(backend.store)
+    key = id(backend.jobs)
     if key not in _TRIGGERS:
-        _TRIGGERS[key] = TrainingTrigger(backend.store, backend.runner)
+        _TRIGGERS[key] = TrainingTrigger(backend.jobs, backend.runner)
     return _TRIGGERS[key]
 
 

@@ -6,8 +6,6 @@ loads the model except /predict; /health and /setup answer in milliseconds.
 
 from __future__ import annotations
 
-from icm_backend.errors import InputError
-
 import hmac
 import logging
 import time
@@ -15,11 +13,12 @@ import time
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from icm_backend.errors import InputError
 from icm_backend.server.config import ServerConfig
-from icm_backend.server.engine import Engine
+from icm_backend.server.model_host import ModelHost
 from icm_backend.server.events import EventRegistry
-from icm_backend.server.jobs import FINAL
-from icm_backend.server.label_config import LabelConfigError, parse_label_config
+from icm_backend.jobs.queue import FINAL
+from icm_backend.labelstudio.config import LabelConfigError, parse_label_config
 from icm_backend.server.service import Backend
 
 log = logging.getLogger(__name__)
@@ -70,27 +69,11 @@ def _validate_tasks(body: dict) -> list[dict]:
     return tasks
 
 
-# Feature modules that hook into the server (events, job kinds) when they exist; see events.on_event
-# and service.register_job_kind. Missing modules are fine: that feature is not built yet.
-PLUGIN_MODULES = ("icm_backend.finetune.server_hooks",)
-
-
-def _load_plugins() -> None:
-    import importlib
-
-    for name in PLUGIN_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name not in (name, name.rsplit(".", 1)[0]):
-                raise
-
-
-def create_app(config: ServerConfig | None = None, *, engine: Engine | None = None,
+def create_app(config: ServerConfig | None = None, *, host: ModelHost | None = None,
                events: EventRegistry | None = None, start_worker: bool = True) -> Flask:
     config = config or ServerConfig.from_env()
-    _load_plugins()
-    backend = Backend.create(config, engine=engine, events=events)
+    backend = Backend.create(config, host=host, events=events)
+    _register_features(backend)
     app = Flask("icm_backend.server")
     app.extensions["icm_backend"] = backend
     app.json.sort_keys = False
@@ -157,7 +140,7 @@ def create_app(config: ServerConfig | None = None, *, engine: Engine | None = No
     @app.get("/health")
     def health():
         return jsonify(status="UP", model_class="ICM", model_version=backend.model_version(),
-                       model_loaded=backend.engine.loaded, jobs=backend.store.counts())
+                       model_loaded=backend.host.loaded, jobs=backend.jobs.counts())
 
     # -- LS protocol ------------------------------------------------------------------------
     @app.post("/setup")
@@ -167,7 +150,7 @@ def create_app(config: ServerConfig | None = None, *, engine: Engine | None = No
         if extra is not None and not isinstance(extra, dict):
             raise BadRequest("extra_params: expected a JSON object")
         if extra is not None:
-            backend.extra_params = backend.engine.extra_params = extra
+            backend.extra_params = backend.host.extra_params = extra
         version = backend.model_version()
         reply = {"model_version": version}
         if body.get("project") is not None:
@@ -175,7 +158,7 @@ def create_app(config: ServerConfig | None = None, *, engine: Engine | None = No
             schema = body.get("schema")
             if schema is not None and not isinstance(schema, str):
                 raise BadRequest("schema: expected the label config XML as a string")
-            backend.store.put_project(project, schema, body.get("hostname") or None, body.get("access_token") or None)
+            backend.projects.put_project(project, schema, body.get("hostname") or None, body.get("access_token") or None)
             if schema:
                 try:
                     parse_label_config(schema)
@@ -193,7 +176,7 @@ def create_app(config: ServerConfig | None = None, *, engine: Engine | None = No
         if label_config is not None and not isinstance(label_config, str):
             raise BadRequest("label_config: expected the label config XML as a string")
         if not label_config:
-            known = backend.store.get_project(project)
+            known = backend.projects.get_project(project)
             label_config = known and known.get("label_config")
             if not label_config:
                 raise BadRequest(f"project: unknown project {project} (no /setup seen) and no label_config in "
@@ -219,9 +202,9 @@ def create_app(config: ServerConfig | None = None, *, engine: Engine | None = No
 
     @app.get("/metrics")
     def metrics():
-        gauges = {("icm_jobs", (("status", s),)): n for s, n in backend.store.counts().items()}
-        gauges[("icm_stored_predictions", ())] = backend.store.count_predictions()
-        gauges[("icm_model_loaded", ())] = float(backend.engine.loaded)
+        gauges = {("icm_jobs", (("status", s),)): n for s, n in backend.jobs.counts().items()}
+        gauges[("icm_stored_predictions", ())] = backend.predictions.count_predictions()
+        gauges[("icm_model_loaded", ())] = float(backend.host.loaded)
         for action, n in backend.events.seen.items():
             gauges[("icm_webhook_events_total", (("action", action),))] = n
         return Response(backend.metrics.render(gauges), mimetype="text/plain; version=0.0.4")
@@ -232,26 +215,36 @@ def create_app(config: ServerConfig | None = None, *, engine: Engine | None = No
         project = request.args.get("project")
         if project is not None and not project.isdigit():
             raise BadRequest(f"project: expected an integer, got {project!r}")
-        jobs = backend.store.list_jobs(project=int(project) if project else None,
+        jobs = backend.jobs.list_jobs(project=int(project) if project else None,
                                        status=request.args.get("status") or None)
         return jsonify(jobs=[j.to_json() for j in jobs])
 
     @app.get("/jobs/<int:job_id>")
     def get_job(job_id: int):
-        job = backend.store.get_job(job_id)
+        job = backend.jobs.get_job(job_id)
         if job is None:
             raise BadRequest(f"job: no job with id {job_id}", 404)
         return jsonify(job.to_json())
 
     @app.post("/jobs/<int:job_id>/cancel")
     def cancel_job(job_id: int):
-        job = backend.store.request_cancel(job_id)
+        job = backend.jobs.request_cancel(job_id)
         if job is None:
             raise BadRequest(f"job: no job with id {job_id}", 404)
         note = "already finished" if job.status in FINAL and job.status != "cancelled" else "cancel requested"
         return jsonify(job=job.to_json(), status=note)
 
     return app
+
+
+def _register_features(backend: Backend) -> None:
+    """The one place features plug into the server: their job kinds and webhook handlers."""
+    from icm_backend.finetune import hooks as finetune
+
+    for kind, factory in finetune.JOB_KINDS.items():
+        backend.runner.register(kind, factory(backend))
+    for action, handler in finetune.EVENT_HANDLERS:
+        backend.events.on_event(action, handler)
 
 
 def get_backend(app: Flask) -> Backend:

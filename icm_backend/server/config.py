@@ -48,6 +48,7 @@ class ServerConfig:
     shard_size: int = 128  # a job labels (and pushes to LS) this many tasks at a time; groups stay together
     seed: int = 0
     max_iters: int | None = None  # ICM_MAX_ITERS: cap on ICM search iterations per shard (engine default 20*N)
+    checkpoint_every_s: float = 20.0  # ICM_CHECKPOINT_EVERY_S: how often a job's search saves its state
 
     @property
     def auth_enabled(self) -> bool:
@@ -86,4 +87,5 @@ class ServerConfig:
             shard_size=max(1, _int(env, "ICM_JOB_SHARD_SIZE", 128)),
             seed=_int(env, "ICM_SEED", 0),
             max_iters=_int(env, "ICM_MAX_ITERS", 0) or None,
+            checkpoint_every_s=_float(env, "ICM_CHECKPOINT_EVERY_S", 20.0),
         )

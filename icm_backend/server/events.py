@@ -1,7 +1,8 @@
 """Webhook event dispatch: a registry so other features hook in with one line.
 
-    from icm_backend.server.events import on_event
-    on_event("START_TRAINING", lambda payload, backend: backend.runner.submit("train", ...))
+    backend.events.on_event("START_TRAINING", lambda payload, backend: backend.runner.submit("train", ...))
+
+create_app registers the features' handlers (icm_backend.finetune.hooks) on the backend's registry.
 
 Handlers run in a small thread pool: LS gives event webhooks 1 s and blocks the "Start training"
 button until the reply, so the HTTP answer never waits for a handler.
@@ -59,8 +60,3 @@ class EventRegistry:
 def _project_id(payload: dict):
     p = payload.get("project")
     return p.get("id") if isinstance(p, dict) else p
-
-
-# The process-wide registry create_app() uses unless given another one.
-DEFAULT_EVENTS = EventRegistry()
-on_event = DEFAULT_EVENTS.on_event

@@ -12,10 +12,12 @@ import json
 import logging
 from dataclasses import dataclass
 
-from icm_backend.server.engine import Engine
-from icm_backend.server.jobs import JobContext, Store
-from icm_backend.server.label_config import FIELD_ALIASES, parse_label_config
-from icm_backend.server.ls_client import LabelStudioUnavailable, client_for
+from icm_backend.server.model_host import ModelHost
+from icm_backend.jobs.predictions import PredictionStore
+from icm_backend.jobs.projects import ProjectStore
+from icm_backend.jobs.queue import JobContext
+from icm_backend.labelstudio.config import FIELD_ALIASES, parse_label_config
+from icm_backend.labelstudio.client import LabelStudioUnavailable, client_for
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,13 @@ def shard_tasks(tasks: list[dict], size: int) -> list[list[dict]]:
 
 @dataclass
 class ICMJob:
-    engine: Engine
-    store: Store
+    host: ModelHost
+    predictions: PredictionStore
+    projects: ProjectStore
 
     def ls_for(self, project: int):
-        cfg = self.engine.config
-        known = self.store.get_project(project) or {}
+        cfg = self.host.config
+        known = self.projects.get_project(project) or {}
         return client_for(cfg.label_studio_url or known.get("hostname"),
                           cfg.label_studio_api_key or known.get("access_token"))
 
@@ -62,7 +65,7 @@ class ICMJob:
             tmp = tasks_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(tasks))
             tmp.replace(tasks_file)
-        shards = shard_tasks(tasks, int(params.get("shard_size") or self.engine.config.shard_size))
+        shards = shard_tasks(tasks, int(params.get("shard_size") or self.host.config.shard_size))
         state = dict(job.state)
         done_shards = set(state.get("done_shards", []))
         total = len(tasks)
@@ -85,10 +88,10 @@ class ICMJob:
                 frac = (d / t) if t else 0.0
                 ctx.progress(base + int(frac * n), total, f"shard {k + 1}/{len(shards)}: {msg}")
 
-            preds = self.engine.label(spec, shard, method=params.get("method", "icm"),
+            preds = self.host.label(spec, shard, method=params.get("method", "icm"),
                                       checkpoint=ctx.workdir / f"shard-{k}.ckpt", progress=progress)
             items = {tid: p.to_ls(version) for tid, p in preds.items()}
-            self.store.put_predictions(project, version, items, job_id=job.id)
+            self.predictions.put_predictions(project, version, items, job_id=job.id)
             if ls is not None:
                 self._push(ctx, ls, resumed=False)
             done_shards.add(k)
@@ -122,18 +125,18 @@ class ICMJob:
 
     def _push(self, ctx: JobContext, ls, resumed: bool) -> None:
         project, version = ctx.job.project, ctx.job.model_version
-        pending = self.store.unpushed(project, version)
+        pending = self.predictions.unpushed(project, version)
         if not pending:
             return
         if resumed:
             already = ls.existing_prediction_tasks(project, version)
-            self.store.mark_pushed(project, version, [t for t in pending if t in already])
+            self.predictions.mark_pushed(project, version, [t for t in pending if t in already])
             pending = {t: v for t, v in pending.items() if t not in already}
         for tid, item in pending.items():
             if not item.get("result"):
                 continue  # nothing to show; LS would store an empty prediction and skip the task forever
             ctx.check()
             ls.create_prediction(tid, item)
-            self.store.mark_pushed(project, version, [tid])
-        self.store.mark_pushed(project, version, list(pending))
+            self.predictions.mark_pushed(project, version, [tid])
+        self.predictions.mark_pushed(project, version, list(pending))
 

@@ -14,25 +14,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from icm_backend.server import predictions as P
+from icm_backend.labelstudio import results as P
 from icm_backend.server.config import ServerConfig
-from icm_backend.server.engine import Engine
-from icm_backend.server.events import DEFAULT_EVENTS, EventRegistry
+from icm_backend.server.model_host import ModelHost
+from icm_backend.server.events import EventRegistry
 from icm_backend.server.icm_job import ICMJob
-from icm_backend.server.jobs import JobRunner, Store
-from icm_backend.server.label_config import ProjectSpec
+from icm_backend.jobs.db import Database
+from icm_backend.jobs.predictions import PredictionStore
+from icm_backend.jobs.projects import ProjectStore
+from icm_backend.jobs.queue import JobRunner, JobStore
+from icm_backend.labelstudio.config import ProjectSpec
 from icm_backend.server.metrics import Metrics
 from icm_backend.server.versions import current_model_version, list_versions
 
 log = logging.getLogger(__name__)
-
-# Other features add job kinds here before the app is built (e.g. JOB_KINDS["train"] = factory);
-# a factory takes the Backend and returns a handler(JobContext) -> message.
-JOB_KINDS: dict[str, object] = {"icm": lambda backend: ICMJob(backend.engine, backend.store)}
-
-
-def register_job_kind(kind: str, factory) -> None:
-    JOB_KINDS[kind] = factory
 
 
 class _OverBudget(Exception):
@@ -42,23 +37,26 @@ class _OverBudget(Exception):
 @dataclass
 class Backend:
     config: ServerConfig
-    engine: Engine
-    store: Store
+    host: ModelHost
+    jobs: JobStore
+    predictions: PredictionStore
+    projects: ProjectStore
     runner: JobRunner
-    events: EventRegistry = field(default_factory=lambda: DEFAULT_EVENTS)
+    events: EventRegistry = field(default_factory=EventRegistry)
     metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
-    def create(cls, config: ServerConfig, engine: Engine | None = None,
+    def create(cls, config: ServerConfig, host: ModelHost | None = None,
                events: EventRegistry | None = None) -> "Backend":
+        """The backend with its stores and the "icm" job kind; other job kinds are registered by the
+        app factory (create_app), which is the one place that wires features into the server."""
         config.model_dir.mkdir(parents=True, exist_ok=True)
-        store = Store(config.db_path)
-        runner = JobRunner(store, config.model_dir / "jobs")
-        backend = cls(config=config, engine=engine or Engine(config), store=store, runner=runner,
-                      events=events or DEFAULT_EVENTS)
-        runner.services = backend
-        for kind, factory in JOB_KINDS.items():
-            runner.register(kind, factory(backend))
+        db = Database(config.db_path)
+        jobs = JobStore(db)
+        runner = JobRunner(jobs, config.model_dir / "jobs")
+        backend = cls(config=config, host=host or ModelHost(config), jobs=jobs, predictions=PredictionStore(db),
+                      projects=ProjectStore(db), runner=runner, events=events or EventRegistry())
+        runner.register("icm", ICMJob(backend.host, backend.predictions, backend.projects))
         return backend
 
     # -- versions ---------------------------------------------------------------------------
@@ -80,7 +78,7 @@ class Backend:
     def predict(self, project: int, spec: ProjectSpec, label_config: str, tasks: list[dict]) -> list[dict]:
         version = self.model_version()
         ids = [t["id"] for t in tasks]
-        items: dict[int, dict] = self.store.get_predictions(project, version, ids)
+        items: dict[int, dict] = self.predictions.get_predictions(project, version, ids)
         self.metrics.inc("icm_predict_tasks_total", len(items), source="store")
         missing = [t for t in tasks if t["id"] not in items]
         if missing and len(missing) <= self.config.sync_max_tasks:
@@ -93,7 +91,7 @@ class Backend:
         return [items.get(i) or P.empty(i).to_ls(version) for i in ids]
 
     def ensure_job(self, project: int, label_config: str, tasks: list[dict], version: str):
-        job = self.store.active_job("icm", project, version)
+        job = self.jobs.active_job("icm", project, version)
         if job is None:
             job = self.runner.submit("icm", project, version, {
                 "label_config": label_config, "method": self.config.method,
@@ -106,14 +104,14 @@ class Backend:
     def _label_now(self, project: int, spec: ProjectSpec, tasks: list[dict], version: str) -> dict[int, dict]:
         t0 = time.monotonic()
         try:
-            preds = self.engine.label(spec, tasks, method=self.config.method)
+            preds = self.host.label(spec, tasks, method=self.config.method)
         except Exception:
             log.exception("predict: labelling %d tasks in the request failed; returning empty results", len(tasks))
             self.metrics.inc("icm_predict_errors_total", len(tasks))
             return {}
         items = {tid: p.to_ls(version) for tid, p in preds.items()}
         # LS saves what /predict returns, so these count as pushed (a later job must not add duplicates).
-        self.store.put_predictions(project, version, {t: v for t, v in items.items() if v["result"]}, pushed=True)
+        self.predictions.put_predictions(project, version, {t: v for t, v in items.items() if v["result"]}, pushed=True)
         self.metrics.inc("icm_predict_tasks_total", len(items), source="request")
         log.info("predict: labelled %d tasks in the request in %.1fs", len(tasks), time.monotonic() - t0)
         return items
@@ -129,7 +127,7 @@ class Backend:
                 raise _OverBudget()
 
         try:
-            preds = self.engine.label(spec, tasks, method=method, progress=guard)
+            preds = self.host.label(spec, tasks, method=method, progress=guard)
         except _OverBudget:
             log.warning("predict: provisional %s over %.0fs budget; empty results until the job writes them",
                         method, self.config.provisional_budget_s)

@@ -19,7 +19,7 @@ _SAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
 
 
 def base_model_name() -> str:
-    from icm_backend.model import DEFAULT_MODEL
+    from icm_backend.engine.model import DEFAULT_MODEL
 
     return os.environ.get("ICM_MODEL") or DEFAULT_MODEL
 

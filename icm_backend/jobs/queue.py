@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from icm_backend.jobs.db import Database
+
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
@@ -37,23 +39,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     restarts INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS predictions (
-    project INTEGER NOT NULL,
-    task_id INTEGER NOT NULL,
-    model_version TEXT NOT NULL,
-    item TEXT NOT NULL,
-    pushed INTEGER NOT NULL DEFAULT 0,
-    job_id INTEGER,
-    created REAL NOT NULL,
-    PRIMARY KEY (project, task_id, model_version)
-);
-CREATE TABLE IF NOT EXISTS projects (
-    project INTEGER PRIMARY KEY,
-    label_config TEXT,
-    hostname TEXT,
-    access_token TEXT,
     updated REAL NOT NULL
 );
 """
@@ -88,34 +73,23 @@ class Job:
         return d
 
 
-class Store:
-    """Thread-safe SQLite access. One short-lived transaction per call; WAL so readers never block."""
+class JobStore:
+    """The jobs table: create, read, update, cancel, requeue after a restart."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(SCHEMA)
+    def __init__(self, db: Database):
+        self.db = db
+        db.script(SCHEMA)
 
-    def _q(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
-
-    # -- jobs ---------------------------------------------------------------------------------
     def create_job(self, kind: str, project: int | None, model_version: str | None, params: dict) -> Job:
         now = time.time()
-        with self._lock:
-            cur = self._db.execute(
+        with self.db.lock:
+            cur = self.db.conn.execute(
                 "INSERT INTO jobs(kind, project, model_version, status, params, created, updated) "
                 "VALUES (?,?,?,?,?,?,?)", (kind, project, model_version, "queued", json.dumps(params), now, now))
             return self.get_job(cur.lastrowid)
 
     def get_job(self, job_id: int) -> Job | None:
-        rows = self._q("SELECT * FROM jobs WHERE id=?", (job_id,))
+        rows = self.db.q("SELECT * FROM jobs WHERE id=?", (job_id,))
         return _job(rows[0]) if rows else None
 
     def list_jobs(self, project: int | None = None, status: str | None = None, limit: int = 100) -> list[Job]:
@@ -128,15 +102,15 @@ class Store:
             args.append(status)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
-        return [_job(r) for r in self._q(sql, tuple(args))]
+        return [_job(r) for r in self.db.q(sql, tuple(args))]
 
     def active_job(self, kind: str, project: int | None, model_version: str | None) -> Job | None:
-        rows = self._q("SELECT * FROM jobs WHERE kind=? AND project IS ? AND model_version IS ? AND status IN "
+        rows = self.db.q("SELECT * FROM jobs WHERE kind=? AND project IS ? AND model_version IS ? AND status IN "
                        "('queued','running') ORDER BY id LIMIT 1", (kind, project, model_version))
         return _job(rows[0]) if rows else None
 
     def next_queued(self) -> Job | None:
-        rows = self._q("SELECT * FROM jobs WHERE status='queued' ORDER BY id LIMIT 1")
+        rows = self.db.q("SELECT * FROM jobs WHERE status='queued' ORDER BY id LIMIT 1")
         return _job(rows[0]) if rows else None
 
     def update_job(self, job_id: int, **fields) -> None:
@@ -144,7 +118,7 @@ class Store:
             fields["state"] = json.dumps(fields["state"])
         fields["updated"] = time.time()
         cols = ", ".join(f"{k}=?" for k in fields)
-        self._q(f"UPDATE jobs SET {cols} WHERE id=?", (*fields.values(), job_id))
+        self.db.q(f"UPDATE jobs SET {cols} WHERE id=?", (*fields.values(), job_id))
 
     def request_cancel(self, job_id: int) -> Job | None:
         job = self.get_job(job_id)
@@ -158,7 +132,7 @@ class Store:
 
     def requeue_interrupted(self) -> list[Job]:
         """At start-up: jobs left 'running' by a dead process go back to the queue (or to cancelled)."""
-        rows = self._q("SELECT * FROM jobs WHERE status='running'")
+        rows = self.db.q("SELECT * FROM jobs WHERE status='running'")
         for r in rows:
             if r["cancel_requested"]:
                 self.update_job(r["id"], status="cancelled", message="cancelled (process restarted)")
@@ -168,63 +142,7 @@ class Store:
         return [_job(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
-        return {r["status"]: r["n"] for r in self._q("SELECT status, COUNT(*) n FROM jobs GROUP BY status")}
-
-    # -- predictions ----------------------------------------------------------------------------
-    def put_predictions(self, project: int, model_version: str, items: dict[int, dict], job_id: int | None = None,
-                        pushed: bool = False) -> None:
-        now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(
-                    "INSERT INTO predictions(project, task_id, model_version, item, pushed, job_id, created) "
-                    "VALUES (?,?,?,?,?,?,?) ON CONFLICT(project, task_id, model_version) DO UPDATE SET "
-                    "item=excluded.item, job_id=excluded.job_id",
-                    [(project, tid, model_version, json.dumps(item), int(pushed), job_id, now)
-                     for tid, item in items.items()])
-                self._db.execute("COMMIT")
-            except Exception:
-                self._db.execute("ROLLBACK")
-                raise
-
-    def get_predictions(self, project: int, model_version: str, task_ids: list[int]) -> dict[int, dict]:
-        out: dict[int, dict] = {}
-        ids = list(task_ids)
-        for i in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
-            chunk = ids[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            for r in self._q(f"SELECT task_id, item FROM predictions WHERE project=? AND model_version=? "
-                             f"AND task_id IN ({marks})", (project, model_version, *chunk)):
-                out[r["task_id"]] = json.loads(r["item"])
-        return out
-
-    def unpushed(self, project: int, model_version: str) -> dict[int, dict]:
-        return {r["task_id"]: json.loads(r["item"]) for r in self._q(
-            "SELECT task_id, item FROM predictions WHERE project=? AND model_version=? AND pushed=0",
-            (project, model_version))}
-
-    def mark_pushed(self, project: int, model_version: str, task_ids: list[int]) -> None:
-        with self._lock:
-            self._db.executemany("UPDATE predictions SET pushed=1 WHERE project=? AND model_version=? AND task_id=?",
-                                 [(project, model_version, t) for t in task_ids])
-
-    def count_predictions(self) -> int:
-        return self._q("SELECT COUNT(*) n FROM predictions")[0]["n"]
-
-    # -- projects (what /setup told us: config and where LS is) -------------------------------
-    def put_project(self, project: int, label_config: str | None, hostname: str | None,
-                    access_token: str | None) -> None:
-        self._q("INSERT INTO projects(project, label_config, hostname, access_token, updated) VALUES (?,?,?,?,?) "
-                "ON CONFLICT(project) DO UPDATE SET label_config=COALESCE(excluded.label_config, label_config), "
-                "hostname=COALESCE(excluded.hostname, hostname), "
-                "access_token=COALESCE(excluded.access_token, access_token), updated=excluded.updated",
-                (project, label_config, hostname, access_token, time.time()))
-
-    def get_project(self, project: int) -> dict | None:
-        rows = self._q("SELECT * FROM projects WHERE project=?", (project,))
-        return dict(rows[0]) if rows else None
-
+        return {r["status"]: r["n"] for r in self.db.q("SELECT status, COUNT(*) n FROM jobs GROUP BY status")}
 
 def _job(r: sqlite3.Row) -> Job:
     return Job(id=r["id"], kind=r["kind"], project=r["project"], model_version=r["model_version"],
@@ -239,9 +157,8 @@ class JobContext:
     """What a handler gets: its job, progress reporting, cancel checks, a place for checkpoint files."""
 
     job: Job
-    store: Store
+    store: JobStore
     workdir: Path
-    services: object = None  # the server's Backend (config, engine, LS access) for handlers that need it
 
     def progress(self, done: int, total: int, message: str = "") -> None:
         self.check()
@@ -266,10 +183,9 @@ Handler = Callable[[JobContext], str | None]  # returns a final message
 class JobRunner:
     """One worker thread: jobs run one at a time (one model, two CPU cores: parallel jobs only thrash)."""
 
-    def __init__(self, store: Store, workroot: Path, handlers: dict[str, Handler] | None = None,
-                 poll_s: float = 0.5, services: object = None):
+    def __init__(self, store: JobStore, workroot: Path, handlers: dict[str, Handler] | None = None,
+                 poll_s: float = 0.5):
         self.store = store
-        self.services = services
         self.workroot = Path(workroot)
         self.handlers: dict[str, Handler] = dict(handlers or {})
         self.poll_s = poll_s
@@ -324,8 +240,7 @@ class JobRunner:
             return
         self.store.update_job(job.id, status="running")
         job.status = "running"
-        ctx = JobContext(job=job, store=self.store, workdir=self.workroot / f"job-{job.id}",
-                         services=self.services)
+        ctx = JobContext(job=job, store=self.store, workdir=self.workroot / f"job-{job.id}")
         ctx.workdir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         try:

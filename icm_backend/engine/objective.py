@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icm_backend.consistency import UNLABELLED, Consistency
-from icm_backend.context import ScoreCache
+from icm_backend.engine.consistency import UNLABELLED, Consistency
+from icm_backend.engine.context import ScoreCache
 
 
 def calibrate_rows(rows: np.ndarray, context_ids: np.ndarray) -> np.ndarray:

@@ -15,9 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icm_backend.tasks import Problem
+from icm_backend.engine.tasks import Problem
 
 UNLABELLED = -1
+
+
+# Why two labels conflict, by relation: flags carry the relation so callers can name rows their way.
+RELATION_TEXT = {
+    "same": "give the same answer to one question, so they must take the same label",
+    "exclusive": "give different answers to one question, so they cannot both be True",
+    "opposite": "are one comparison in both orders, so exactly one can be True",
+}
 
 
 @dataclass(frozen=True)
@@ -87,9 +95,4 @@ class Consistency:
         return [r.other for r in self.relations[i]]
 
     def describe(self, i: int, j: int) -> str:
-        kind = self.relation(i, j)
-        return {
-            "same": f"rows {i} and {j} give the same answer to one question, so they must take the same label",
-            "exclusive": f"rows {i} and {j} give different answers to one question, so they cannot both be True",
-            "opposite": f"rows {i} and {j} are one comparison in both orders, so exactly one can be True",
-        }.get(kind, f"rows {i} and {j} conflict")
+        return f"rows {i} and {j} {RELATION_TEXT.get(self.relation(i, j), 'conflict')}"

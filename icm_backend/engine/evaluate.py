@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from icm_backend.errors import InputError
-from icm_backend.tasks import Problem, gold_label
-from icm_backend.types import Prediction
+from icm_backend.engine.tasks import Problem, gold_label
+from icm_backend.engine.types import Prediction
 
 
 @dataclass

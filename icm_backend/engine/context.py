@@ -19,9 +19,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from icm_backend.consistency import UNLABELLED
+from icm_backend.engine.consistency import UNLABELLED
 from icm_backend.errors import InputError
-from icm_backend.tasks import Problem
+from icm_backend.engine.tasks import Problem
 
 SEP = "\n\n"
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from icm_backend.consistency import UNLABELLED, Consistency
-from icm_backend.context import ContextPlan, ScoreCache
+from icm_backend.engine.consistency import UNLABELLED, Consistency
+from icm_backend.engine.context import ContextPlan, ScoreCache
 from icm_backend.errors import InputError
-from icm_backend.objective import Objective, calibrate_rows
-from icm_backend.tasks import Problem
+from icm_backend.engine.objective import Objective, calibrate_rows
+from icm_backend.engine.tasks import Problem
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class SearchConfig:
     patience: int | None = None  # iterations per sweep once all are labelled (default N)
     context_tokens: int = 384  # token budget of the shared in-context prefix
     fold_size: int = 64
-    checkpoint_every_s: float = float(os.environ.get("ICM_CHECKPOINT_EVERY_S", "20"))
+    checkpoint_every_s: float = 20.0
 
 
 @dataclass

@@ -7,17 +7,14 @@ mutate it, and each label_rows call builds its own scorer.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 import logging
-import os
 import threading
 from typing import Callable
 
-from icm_backend.server import predictions as P
+from icm_backend.labelstudio import results as P
 from icm_backend.server.config import ServerConfig
-from icm_backend.server.label_config import ProjectSpec
-from icm_backend.server.rows import tasks_to_rows
+from icm_backend.labelstudio.config import ProjectSpec
+from icm_backend.labelstudio.rows import tasks_to_rows
 from icm_backend.server.versions import current_model_path
 
 log = logging.getLogger(__name__)
@@ -26,29 +23,24 @@ LabelFn = Callable[..., list]
 
 
 def _default_labeler() -> LabelFn:
-    # Test hook: ICM_LABELER=module:function swaps the engine for a fake with label_rows' signature.
-    target = os.environ.get("ICM_LABELER")
-    if target:
-        mod, _, fn = target.partition(":")
-        return getattr(importlib.import_module(mod), fn)
-    from icm_backend.labeler import label_rows
+    from icm_backend.engine.labeler import label_rows
 
     return label_rows
 
 
 def _default_loader(name: str):
-    from icm_backend.model import load_lm
+    from icm_backend.engine.model import load_lm
 
     return load_lm(name)
 
 
-class Engine:
+class ModelHost:
     def __init__(self, config: ServerConfig, labeler: LabelFn | None = None,
                  loader: Callable[[str], object] | None = None):
         self.config = config
         self._labeler = labeler
-        self._loader = loader or (_default_loader if labeler is None and not os.environ.get("ICM_LABELER")
-                                  else (lambda name: name))
+        # A labeler given by the caller (a test fake) gets the model's name, not a loaded model.
+        self._loader = loader or (_default_loader if labeler is None else (lambda name: name))
         self._lm = None
         self._lm_path: str | None = None
         self._lock = threading.Lock()
@@ -79,14 +71,11 @@ class Engine:
         rowset = tasks_to_rows(spec, tasks)
         preds = []
         if rowset.rows:
-            extra = {}
-            if "review_threshold" in inspect.signature(self.labeler).parameters:
-                extra["review_threshold"] = self.config.review_threshold
-            if self.config.max_iters and "config" in inspect.signature(self.labeler).parameters:
-                from icm_backend.search import SearchConfig
+            from icm_backend.engine.search import SearchConfig
 
-                extra["config"] = SearchConfig(max_iters=self.config.max_iters)
+            config = SearchConfig(max_iters=self.config.max_iters, checkpoint_every_s=self.config.checkpoint_every_s)
             preds = self.labeler(
-                rowset.rows, spec.task, labels=spec.labels if spec.task == "classify" else None, method=method,
-                model=self.model(), seed=self.config.seed, checkpoint=checkpoint, progress=progress, **extra)
+                rowset.rows, task=spec.task, labels=spec.labels if spec.task == "classify" else None, method=method,
+                model=self.model(), seed=self.config.seed, checkpoint=checkpoint, progress=progress, config=config,
+                review_threshold=self.config.review_threshold)
         return P.build(spec, rowset, list(preds), self.config.review_threshold)

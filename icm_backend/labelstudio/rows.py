@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from icm_backend.server.label_config import FIELD_ALIASES, ProjectSpec
+from icm_backend.labelstudio.config import FIELD_ALIASES, ProjectSpec
 
 
 @dataclass

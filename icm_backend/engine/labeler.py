@@ -1,6 +1,6 @@
 """The library entry point: label rows with ICM or a baseline, through one code path.
 
-    from icm_backend.labeler import label_rows
+    from icm_backend.engine.labeler import label_rows
     preds = label_rows(rows, task="classify", labels=["negative", "positive"], method="icm")
 """
 
@@ -12,15 +12,15 @@ from typing import Callable
 
 import numpy as np
 
-from icm_backend.consistency import UNLABELLED, Consistency
-from icm_backend.context import ContextPlan, ScoreCache
+from icm_backend.engine.consistency import UNLABELLED, Consistency
+from icm_backend.engine.context import ContextPlan, ScoreCache
 from icm_backend.errors import InputError
-from icm_backend.model import LoadedLM, load_lm
-from icm_backend.objective import calibrate_rows
-from icm_backend.scorer import TransformersScorer
-from icm_backend.search import ICMSearch, SearchConfig
-from icm_backend.tasks import Problem, build_problem, gold_label
-from icm_backend.types import Prediction
+from icm_backend.engine.model import LoadedLM, load_lm
+from icm_backend.engine.objective import calibrate_rows
+from icm_backend.engine.scorer import TransformersScorer
+from icm_backend.engine.search import ICMSearch, SearchConfig
+from icm_backend.engine.tasks import Problem, build_problem, gold_label
+from icm_backend.engine.types import INCONSISTENT, LOW_CONFIDENCE, Flag, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,29 @@ def make_scorer(model, label_words: list[str], quantize: str = "auto"):
     return TransformersScorer(lm, label_words)
 
 
-def label_rows(rows: list[dict], task: str, labels: list[str] | None = None, method: str = "icm",
+def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, method: str = "icm",
                model=None, seed: int = 0, checkpoint: str | Path | None = None,
                progress: Callable[[int, int, str], None] | None = None, config: SearchConfig | None = None,
                gold: list | None = None, review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
                quantize: str = "auto") -> list[Prediction]:
+    """Label `rows` without human labels; one Prediction per row, in input order.
+
+    rows: dicts with the fields the `task` preset reads (e.g. {"text": ...} for "classify"; see
+        tasks.PRESETS). Other fields, gold labels included, are never read.
+    task, labels: the preset and, for "classify", its label words.
+    method: "icm" (the search), or a baseline: "zero-shot", "random-fewshot", "bootstrap",
+        "gold-fewshot" (needs `gold`; evaluation only).
+    model: a model name/path for load_lm, a LoadedLM, or a ready scorer (anything with score and
+        set_labels, e.g. a remote server's). Default: the embedded gemma3-270m.
+    checkpoint: a JSON file the ICM search saves to and resumes from.
+    progress: called as progress(done, total, message) during the search.
+    config: search settings (alpha, temperatures, iteration cap, context budget).
+
+    ICM maximises U(D) = alpha * P(D) - I(D), with P the sum over examples of log p(y_i | x_i, D - i)
+    (mutual predictability) and I the count of logical inconsistencies, by simulated annealing.
+    A Prediction's confidence is the probability of its label under the same scores that chose it;
+    its flags name consistency violations (with the other rows) and confidences under review_threshold.
+    """
     if method not in METHODS:
         raise InputError(f"--method {method}: choose one of {', '.join(CLI_METHODS)}")
     problem = build_problem(rows, task, labels)
@@ -124,10 +142,10 @@ def to_predictions(problem: Problem, labels: np.ndarray, rows: np.ndarray,
         flags = []
         if i in conflicts:
             others = sorted(conflicts[i])
-            flags.append({"type": "inconsistent", "with": others,
-                          "reason": "; ".join(cons.describe(i, j) for j in others)})
+            flags.append(Flag(INCONSISTENT, tuple(others), "; ".join(cons.describe(i, j) for j in others),
+                              tuple(cons.relation(i, j) for j in others)))
         if conf < review_threshold:
-            flags.append({"type": "low_confidence", "with": [],
-                          "reason": f"confidence {conf:.2f} is below the review threshold {review_threshold:.2f}"})
+            flags.append(Flag(LOW_CONFIDENCE, (),
+                              f"confidence {conf:.2f} is below the review threshold {review_threshold:.2f}"))
         preds.append(Prediction(index=i, label=problem.label_words[y], confidence=round(conf, 6), flags=flags))
     return preds

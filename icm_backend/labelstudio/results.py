@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from icm_backend.server.label_config import ProjectSpec
-from icm_backend.server.rows import RowSet
-from icm_backend.types import Prediction
+from icm_backend.labelstudio.config import ProjectSpec
+from icm_backend.labelstudio.rows import RowSet
+from icm_backend.engine.consistency import RELATION_TEXT
+from icm_backend.engine.types import INCONSISTENT, LOW_CONFIDENCE, Prediction
 
 # Without a review block the only place a flag can show is the score column: flagged tasks get
 # their score halved so "sort by prediction score ascending" puts them first.
@@ -33,38 +33,22 @@ def empty(task_id: int, reason: str = "") -> TaskPrediction:
     return TaskPrediction(task_id=task_id, result=[], score=None, reason=reason)
 
 
-_ROW_REF = re.compile(r"\brows? (\d+)(?: and (\d+))?")
-
-
-def _rows_to_tasks(text: str, rowset: RowSet) -> str:
-    """The engine's reasons name row indices ("rows 3 and 5 ..."); LS users need task ids."""
-    def tid(idx: str) -> str:
-        i = int(idx)
-        return f"#{rowset.task_ids[i]}" if 0 <= i < len(rowset.task_ids) else f"row {i}"
-
-    def sub(m: re.Match) -> str:
-        if m.group(2):
-            return f"tasks {tid(m.group(1))} and {tid(m.group(2))}"
-        return f"task {tid(m.group(1))}"
-
-    return _ROW_REF.sub(sub, text)
-
-
 def review_reason(task_id: int, pred: Prediction, rowset: RowSet, threshold: float) -> str:
-    """One line per flag, naming the other LS task ids (never engine row indices)."""
+    """One clause per flag, naming the other LS task ids (never engine row indices)."""
     parts = []
     for flag in pred.flags:
-        others = sorted({rowset.task_ids[j] for j in flag.get("with", []) if 0 <= j < len(rowset.task_ids)}
-                        - {task_id})
-        kind = flag.get("type", "flag")
-        if kind == "inconsistent":
-            who = ", ".join(f"#{t}" for t in others) or "another task"
-            why = _rows_to_tasks(str(flag.get("reason", "")), rowset)
-            parts.append(f"inconsistent with task {who}: {why}".rstrip(": "))
-        elif kind == "low_confidence":
+        if flag.kind == INCONSISTENT:
+            clauses = []
+            for j, rel in zip(flag.rows, flag.relations or ("",) * len(flag.rows)):
+                other = rowset.task_ids[j] if 0 <= j < len(rowset.task_ids) else None
+                if other is None or other == task_id:
+                    continue  # comparison tasks hold both orders of a pair: a task cannot conflict with itself
+                clauses.append(f"task #{other}: the two " + RELATION_TEXT.get(rel, "conflict"))
+            parts.append("inconsistent with " + ("; ".join(clauses) if clauses else "another task"))
+        elif flag.kind == LOW_CONFIDENCE:
             parts.append(f"low confidence {pred.confidence:.2f} < {threshold:.2f}")
         else:
-            parts.append(f"{kind}: {flag.get('reason', '')}")
+            parts.append(f"{flag.kind}: {flag.reason}")
     return "; ".join(parts)
 
 
@@ -80,11 +64,8 @@ def build(spec: ProjectSpec, rowset: RowSet, preds: list[Prediction], threshold:
             out[tid] = empty(tid, "no prediction from the engine")
             continue
         conf = max(0.0, min(1.0, float(pred.confidence)))
-        flags = list(pred.flags)
-        if conf < threshold and not any(f.get("type") == "low_confidence" for f in flags):
-            flags.append({"type": "low_confidence", "with": [], "reason": ""})
-        pred = Prediction(index=pred.index, label=pred.label, confidence=conf, flags=flags)
-        flagged = bool(flags)
+        pred = Prediction(index=pred.index, label=pred.label, confidence=conf, flags=list(pred.flags))
+        flagged = bool(pred.flags)
         reason = review_reason(tid, pred, rowset, threshold) if flagged else ""
         result = [_label_result(spec, pred, conf)]
         score = conf

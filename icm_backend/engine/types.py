@@ -1,0 +1,40 @@
+"""Data the engine hands out: one Prediction per input row, with its review Flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+INCONSISTENT = "inconsistent"
+LOW_CONFIDENCE = "low_confidence"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Why a row needs a human look. `rows` are input row indices (never task ids: the caller maps them)."""
+
+    kind: str  # INCONSISTENT | LOW_CONFIDENCE
+    rows: tuple[int, ...] = ()  # the other rows this one conflicts with
+    reason: str = ""
+    relations: tuple[str, ...] = ()  # per other row: consistency.RELATION_TEXT key ("same", ...)
+
+    def to_json(self) -> dict:
+        # The JSONL keys predate this class; kept so `icm-backend label` output is stable.
+        return {"type": self.kind, "with": list(self.rows), "reason": self.reason}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Flag":
+        return cls(str(d.get("type", "")), tuple(int(j) for j in d.get("with") or ()), str(d.get("reason", "")))
+
+
+@dataclass
+class Prediction:
+    """One labelled input row, as written by `icm-backend label` (one JSON object per line)."""
+
+    index: int
+    label: str
+    confidence: float  # probability the model gives `label`, normalised over the label set
+    flags: list[Flag] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "label": self.label, "confidence": self.confidence,
+                "flags": [f.to_json() for f in self.flags]}
