@@ -12,7 +12,7 @@ import pytest
 
 from finetune_tiny import make_tiny_model
 from icm_backend.finetune import job as job_mod
-from icm_backend.finetune.versions import current_name, list_versions
+from icm_backend.versions import current_name, list_versions
 from icm_backend.server.app import create_app, get_backend
 from icm_backend.server.config import ServerConfig
 from icm_backend.server.model_host import ModelHost

@@ -69,7 +69,7 @@ def test_label_logits_match_full_lm_head(tiny):
 
 def test_train_version_learns_and_loads_back(tiny, tmp_path):
     from icm_backend.finetune.pipeline import train_version
-    from icm_backend.finetune.versions import list_versions
+    from icm_backend.versions import list_versions
     from icm_backend.engine.model import load_lm
 
     rows = sentiment_rows(40)

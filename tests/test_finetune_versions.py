@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from icm_backend.errors import InputError
-from icm_backend.finetune import versions as V
-from icm_backend.server.versions import current_model_version, list_versions as server_list
+from icm_backend import versions as V
 
 
 def fake_version(model_dir, name=None):
@@ -25,7 +24,7 @@ def test_failed_write_leaves_nothing_and_serving_untouched(tmp_path):
             raise RuntimeError("trainer crashed")
     assert [v.name for v in V.list_versions(tmp_path)] == [first]
     assert not list((tmp_path / "versions").glob(".tmp-*"))
-    assert current_model_version(tmp_path) == first  # the server's reading of CURRENT
+    assert V.served_version_name(tmp_path, "m") == first  # what the server tells LS
 
 
 def test_names_increase_and_killed_tmp_dirs_are_ignored(tmp_path):
@@ -34,25 +33,23 @@ def test_names_increase_and_killed_tmp_dirs_are_ignored(tmp_path):
     b = V.new_version_name(tmp_path)
     assert a.startswith("ft0001-") and b.startswith("ft0003-")
     assert [v.name for v in V.list_versions(tmp_path)] == [a]
-    assert server_list(tmp_path, "m") == ["icm-m", a]  # dot-dirs are invisible to the server too
+    assert V.versions_payload(tmp_path, "m")["versions"] == ["icm-m", a]  # dot-dirs are invisible to /versions
     assert V.sweep_stale_tmp(tmp_path, older_than_s=0) == 1
 
 
-def test_promote_pin_and_rollback(tmp_path, monkeypatch):
+def test_promote_pin_and_rollback(tmp_path):
     a = fake_version(tmp_path)
     b = fake_version(tmp_path)
     V.promote(tmp_path, b)
     assert V.serving_version(tmp_path).name == b
     V.promote(tmp_path, a)  # rollback on disk: the server serves `a` from the next /setup on
-    assert current_model_version(tmp_path) == a
-    monkeypatch.setenv(V.PIN_ENV, b)
-    assert V.serving_version(tmp_path).name == b
-    assert V.serving_version(tmp_path, {"model_version": a}).name == a  # LS extra param wins over env
-    monkeypatch.setenv(V.PIN_ENV, "base")
-    assert V.serving_version(tmp_path) is None
-    monkeypatch.setenv(V.PIN_ENV, "ft9999-nope")
+    assert V.served_version_name(tmp_path, "m") == a
+    assert V.serving_version(tmp_path, V.pinned_version(None, b)).name == b  # configured pin (ICM_MODEL_VERSION)
+    assert V.serving_version(tmp_path, V.pinned_version({"model_version": a}, b)).name == a  # LS extra param wins
+    assert V.serving_version(tmp_path, "base") is None
+    assert V.served_version_name(tmp_path, "m", "icm-m") == "icm-m"  # pinning the base by its version name
     with pytest.raises(InputError, match="no such version"):
-        V.serving_version(tmp_path)
+        V.serving_version(tmp_path, "ft9999-nope")
     with pytest.raises(InputError, match="not found"):
         V.promote(tmp_path, "ft9999-nope")
     V.promote(tmp_path, "base")

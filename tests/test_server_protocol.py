@@ -229,16 +229,17 @@ def test_versions_follow_model_dir(make_app, tmp_path):
     assert client.get("/versions").json == {"versions": ["icm-smollm2-135m"], "current": "icm-smollm2-135m",
                                             "pinned": None, "details": []}
     vdir = tmp_path / "model" / "versions"
-    (vdir / "ft-20261127-1").mkdir(parents=True)
-    (vdir / "CURRENT").write_text("ft-20261127-1\n")
-    assert client.post("/setup", json={}).json["model_version"] == "ft-20261127-1"
-    assert client.get("/versions").json["versions"] == ["icm-smollm2-135m", "ft-20261127-1"]
+    (vdir / "ft0001-20261127T000000").mkdir(parents=True)
+    (vdir / "ft0001-20261127T000000" / "adapter_config.json").write_text("{}")
+    (vdir / "CURRENT").write_text("ft0001-20261127T000000\n")
+    assert client.post("/setup", json={}).json["model_version"] == "ft0001-20261127T000000"
+    assert client.get("/versions").json["versions"] == ["icm-smollm2-135m", "ft0001-20261127T000000"]
     # Rollback: a pin in the ML backend's extra params wins over CURRENT; "base" is the base model.
     assert client.post("/setup", json={"extra_params": {"model_version": "base"}}).json["model_version"] == \
         "icm-smollm2-135m"
     bad = client.post("/setup", json={"extra_params": {"model_version": "ft-nope"}})
     assert bad.status_code == 422 and "ft-nope" in bad.json["error"]
-    assert client.post("/setup", json={"extra_params": {}}).json["model_version"] == "ft-20261127-1"
+    assert client.post("/setup", json={"extra_params": {}}).json["model_version"] == "ft0001-20261127T000000"
 
 
 def test_metrics_text(client):

@@ -8,6 +8,7 @@ from importlib.resources import files
 import numpy as np
 
 from icm_backend.engine.evaluate import evaluate
+from icm_backend.versions import cli_model
 from icm_backend.engine.io import read_rows
 from icm_backend.engine.labeler import label_rows
 from icm_backend.engine.model import load_lm
@@ -30,7 +31,7 @@ def run(args) -> int:
     # The engine sees only the text; gold stays here for scoring.
     inputs = [{"text": r["text"]} for r in rows]
     gold = [r["label"] for r in rows]
-    lm = load_lm(args.model)
+    lm = load_lm(cli_model(args.model))
     problem = build_problem(inputs, "classify", LABELS)
     print(f"SST-2 sample: {len(rows)} sentences, model {lm.name} ({'4-bit NF4' if lm.quantization == 'nf4' else 'bf16'} "
           f"on {lm.device}), seed {args.seed}\n")

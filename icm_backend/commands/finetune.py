@@ -40,7 +40,7 @@ def run_finetune(args) -> int:
     from icm_backend.finetune.lora import TrainConfig
     from icm_backend.finetune.pipeline import train_version
     from icm_backend.finetune.prompts import label_words
-    from icm_backend.finetune.versions import promote
+    from icm_backend.versions import promote
 
     labels = label_words(args.task, [x.strip() for x in args.labels.split(",")] if args.labels else None)
     if args.max_steps < 1:
@@ -72,7 +72,7 @@ def run_finetune(args) -> int:
 
 
 def run_versions(args) -> int:
-    from icm_backend.finetune.versions import current_name, list_versions, promote
+    from icm_backend.versions import current_name, list_versions, promote
 
     if args.pin:
         promote(args.model_dir, args.pin)

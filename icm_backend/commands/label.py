@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from icm_backend.versions import cli_model
 from icm_backend.engine.io import read_rows, write_predictions
 from icm_backend.engine.labeler import CLI_METHODS, DEFAULT_REVIEW_THRESHOLD, label_rows
 from icm_backend.engine.model import QUANTIZE_CHOICES
@@ -48,7 +49,7 @@ def run(args) -> int:
     config = SearchConfig(alpha=args.alpha, max_iters=args.max_iters, context_tokens=args.context_tokens,
                           checkpoint_every_s=float(os.environ.get("ICM_CHECKPOINT_EVERY_S", "20")))
     preds = label_rows(rows, task=args.task, labels=parse_labels(args.labels), method=args.method,
-                       model=args.model, seed=args.seed,
+                       model=cli_model(args.model), seed=args.seed,
                        checkpoint=checkpoint if args.method == "icm" else None, config=config,
                        review_threshold=args.review_threshold, quantize=args.quantize)
     write_predictions(preds, out)

@@ -95,15 +95,10 @@ def _convert_gguf(gguf: Path) -> Path:
 
 def resolve_model_dir(name_or_path: str | None) -> tuple[str, Path | str]:
     """Map what the user typed to (normalised name, loadable directory or hub id)."""
-    name = name_or_path or os.environ.get("ICM_MODEL") or DEFAULT_MODEL
+    name = name_or_path or DEFAULT_MODEL
     if name in (DEFAULT_MODEL, SMALL_TEST_MODEL):
         return name, _convert_gguf(_embedded_gguf(name))
     path = Path(name).expanduser()
-    if path.is_dir() and (path / "versions" / "CURRENT").exists():
-        # A backend MODEL_DIR: serve what it serves (its current fine-tuned version).
-        current = (path / "versions" / "CURRENT").read_text().strip()
-        if (path / "versions" / current).is_dir():
-            return resolve_model_dir(str(path / "versions" / current))
     if path.is_file() and path.suffix == ".gguf":
         return str(path), _convert_gguf(path)
     if path.is_dir():

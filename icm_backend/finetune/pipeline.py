@@ -9,7 +9,7 @@ from icm_backend.errors import InputError
 from icm_backend.finetune.data import TrainingSet
 from icm_backend.finetune.lora import Example, TrainConfig, choose_plan, train_lora
 from icm_backend.finetune.prompts import prompt_renderer
-from icm_backend.finetune.versions import VersionInfo, save_version
+from icm_backend.versions import VersionInfo, save_version
 
 log = logging.getLogger(__name__)
 

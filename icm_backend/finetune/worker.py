@@ -17,7 +17,7 @@ from icm_backend.errors import InputError
 from icm_backend.finetune.data import TrainingRow, TrainingSet
 from icm_backend.finetune.lora import TrainConfig
 from icm_backend.finetune.pipeline import train_version
-from icm_backend.finetune.versions import promote
+from icm_backend.versions import promote
 
 
 def die_with_parent() -> int:

@@ -196,9 +196,7 @@ def create_app(config: ServerConfig | None = None, *, host: ModelHost | None = N
 
     @app.get("/versions")
     def versions():
-        detail = backend.versions_detail()
-        return jsonify(versions=backend.versions(), current=backend.model_version(),
-                       pinned=detail["pinned"], details=detail["versions"])
+        return jsonify(backend.versions_detail())
 
     @app.get("/metrics")
     def metrics():

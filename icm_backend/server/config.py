@@ -39,6 +39,7 @@ class ServerConfig:
     basic_auth_pass: str | None = None
     webhook_secret: str | None = None
     model_name: str | None = None  # ICM_MODEL; None -> the default model
+    model_version_pin: str | None = None  # ICM_MODEL_VERSION: serve this version (or "base"); LS extra params win
     method: str = "icm"  # what jobs and small in-request batches run
     provisional_method: str = "zero-shot"  # fast answer for big batches while the ICM job runs; "none" = empty
     sync_max_tasks: int = 16  # batches up to this size are labelled by ICM inside the request
@@ -49,6 +50,12 @@ class ServerConfig:
     seed: int = 0
     max_iters: int | None = None  # ICM_MAX_ITERS: cap on ICM search iterations per shard (engine default 20*N)
     checkpoint_every_s: float = 20.0  # ICM_CHECKPOINT_EVERY_S: how often a job's search saves its state
+
+    @property
+    def base_model(self) -> str:
+        from icm_backend.engine.model import DEFAULT_MODEL
+
+        return self.model_name or DEFAULT_MODEL
 
     @property
     def auth_enabled(self) -> bool:
@@ -78,6 +85,7 @@ class ServerConfig:
             label_studio_api_key=env.get("LABEL_STUDIO_API_KEY") or None,
             basic_auth_user=user, basic_auth_pass=pw, webhook_secret=secret,
             model_name=env.get("ICM_MODEL") or None,
+            model_version_pin=env.get("ICM_MODEL_VERSION") or None,
             method=method,
             provisional_method=env.get("ICM_PROVISIONAL_METHOD", "zero-shot"),
             sync_max_tasks=_int(env, "ICM_SYNC_MAX_TASKS", 16),

@@ -15,7 +15,7 @@ from icm_backend.labelstudio import results as P
 from icm_backend.server.config import ServerConfig
 from icm_backend.labelstudio.config import ProjectSpec
 from icm_backend.labelstudio.rows import tasks_to_rows
-from icm_backend.server.versions import current_model_path
+from icm_backend.versions import pinned_version, served_model_path
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class ModelHost:
     extra_params: dict | None = None  # set by the backend from /setup: may pin a version
 
     def model(self):
-        path = current_model_path(self.config.model_dir, self.config.model_name, self.extra_params)
+        pin = pinned_version(self.extra_params, self.config.model_version_pin)
+        path = served_model_path(self.config.model_dir, self.config.base_model, pin)
         with self._lock:  # one load at a time; concurrent callers wait for it instead of loading twice
             if self._lm is None or self._lm_path != path:
                 log.info("loading model %s", path)

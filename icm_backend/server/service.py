@@ -25,7 +25,7 @@ from icm_backend.jobs.projects import ProjectStore
 from icm_backend.jobs.queue import JobRunner, JobStore
 from icm_backend.labelstudio.config import ProjectSpec
 from icm_backend.server.metrics import Metrics
-from icm_backend.server.versions import current_model_version, list_versions
+from icm_backend.versions import pinned_version, served_version_name, sweep_stale_tmp, versions_payload
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class Backend:
         runner = JobRunner(jobs, config.model_dir / "jobs")
         backend = cls(config=config, host=host or ModelHost(config), jobs=jobs, predictions=PredictionStore(db),
                       projects=ProjectStore(db), runner=runner, events=events or EventRegistry())
+        sweep_stale_tmp(config.model_dir)  # trainings killed mid-write leave .tmp-* dirs behind
         runner.register("icm", ICMJob(backend.host, backend.predictions, backend.projects))
         return backend
 
@@ -63,16 +64,14 @@ class Backend:
     # LS sends the ML backend's extra params with /setup; a `model_version` there pins a rollback.
     extra_params: dict | None = None
 
-    def model_version(self) -> str:
-        return current_model_version(self.config.model_dir, self.config.model_name, self.extra_params)
+    def pin(self) -> str | None:
+        return pinned_version(self.extra_params, self.config.model_version_pin)
 
-    def versions(self) -> list[str]:
-        return list_versions(self.config.model_dir, self.config.model_name)
+    def model_version(self) -> str:
+        return served_version_name(self.config.model_dir, self.config.base_model, self.pin())
 
     def versions_detail(self) -> dict:
-        from icm_backend.finetune.versions import versions_payload
-
-        return versions_payload(self.config.model_dir, self.extra_params)
+        return versions_payload(self.config.model_dir, self.config.base_model, self.pin())
 
     # -- predict ----------------------------------------------------------------------------
     def predict(self, project: int, spec: ProjectSpec, label_config: str, tasks: list[dict]) -> list[dict]:

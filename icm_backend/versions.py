@@ -1,4 +1,6 @@
-"""Model versions on disk: MODEL_DIR/versions/<version>/ = a LoRA adapter + what made it.
+"""The one MODEL_DIR/versions contract: which model versions exist, which one serves, pins, rollback.
+
+The base model serves as version "icm-<model name>" until a fine-tuned version is promoted.
 
 Layout of one version (a directory `load_lm` accepts as --model):
     adapter_config.json, adapter_model.safetensors   the LoRA adapter (peft)
@@ -11,11 +13,11 @@ Atomicity: a training writes into versions/.tmp-<version>-<pid>/ and renames it 
 when everything is written, so a crash or kill mid-training leaves the serving version untouched and
 never exposes a half-written version. Leftover .tmp-* directories are ignored and swept later.
 
-Which version serves (contract with icm_backend/server/versions.py): MODEL_DIR/versions/CURRENT names
-it; a finished training switches CURRENT to its version with an atomic rename (`promote`), which is
-what bumps the model_version LS sees. Rollback = point CURRENT back (`icm-backend versions --pin V`),
-or pin without touching disk: ICM_MODEL_VERSION env var / the `model_version` extra param of the ML
-backend in LS (`serving_version` honours those; the server must consult it, see docs/finetune.md).
+Which version serves: MODEL_DIR/versions/CURRENT names it; a finished training switches CURRENT to its
+version with an atomic rename (`promote`), which is what bumps the model_version LS sees. Rollback =
+point CURRENT back (`icm-backend versions --pin V`), or pin without touching disk: the caller passes a
+pin (the server reads it from the ML backend's `model_version` extra param in LS, else env
+ICM_MODEL_VERSION). Reading these is a few stat calls: safe inside /setup (3 s limit) and /health.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from icm_backend.errors import InputError
 
-PIN_ENV = "ICM_MODEL_VERSION"
+PIN_ENV = "ICM_MODEL_VERSION"  # read by the server's config, named here for error messages
 BASE = "base"  # pin value meaning: serve the base model, ignore fine-tuned versions
 _NAME = re.compile(r"^ft(\d{4,})-[0-9A-Za-z]+$")
 
@@ -90,13 +92,19 @@ def new_version_name(model_dir: str | Path) -> str:
     return f"ft{highest + 1:04d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
 
 
-def pinned_version(extra_params: dict | None = None) -> str | None:
-    """The rollback pin: LS extra param `model_version` wins over env ICM_MODEL_VERSION."""
-    pin = (extra_params or {}).get("model_version") or os.environ.get(PIN_ENV) or None
+def pinned_version(extra_params: dict | None = None, default_pin: str | None = None) -> str | None:
+    """The rollback pin: LS extra param `model_version` wins over the configured default (ICM_MODEL_VERSION)."""
+    pin = (extra_params or {}).get("model_version") or default_pin or None
     return str(pin).strip() or None if pin else None
 
 
 CURRENT_FILE = "CURRENT"
+_SAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
+
+
+def base_version(model_name: str) -> str:
+    """The version name LS sees while the base model serves: "icm-<model name>"."""
+    return "icm-" + _SAFE.sub("-", Path(model_name).name if os.sep in model_name else model_name)
 
 
 def current_name(model_dir: str | Path) -> str | None:
@@ -122,11 +130,10 @@ def promote(model_dir: str | Path, name: str) -> None:
     os.replace(tmp, root / CURRENT_FILE)
 
 
-def serving_version(model_dir: str | Path, extra_params: dict | None = None) -> VersionInfo | None:
+def serving_version(model_dir: str | Path, pin: str | None = None) -> VersionInfo | None:
     """The version to serve (pin, else CURRENT); None = the base model. A pin naming no finished version is an error
     (rolling back to something that does not exist must not silently serve something else)."""
     versions = list_versions(model_dir)
-    pin = pinned_version(extra_params)
     if pin == BASE:
         return None
     if pin:
@@ -137,6 +144,22 @@ def serving_version(model_dir: str | Path, extra_params: dict | None = None) -> 
                          f"(have: {', '.join(v.name for v in versions) or 'none'}, or {BASE!r})")
     current = current_name(model_dir)
     return next((v for v in versions if v.name == current), None)
+
+
+def served_version_name(model_dir: str | Path, model_name: str, pin: str | None = None) -> str:
+    """What LS sees as model_version: the serving fine-tuned version, else base_version(model_name)."""
+    if pin == base_version(model_name):
+        pin = BASE
+    v = serving_version(model_dir, pin)
+    return v.name if v else base_version(model_name)
+
+
+def served_model_path(model_dir: str | Path, model_name: str, pin: str | None = None) -> str:
+    """What to hand to load_lm: the serving fine-tuned version's dir, else the base model name."""
+    if pin == base_version(model_name):
+        pin = BASE
+    v = serving_version(model_dir, pin)
+    return str(v.path) if v else model_name
 
 
 class VersionWriter:
@@ -191,15 +214,26 @@ def sweep_stale_tmp(model_dir: str | Path, older_than_s: float = 3600) -> int:
     return n
 
 
-def versions_payload(model_dir: str | Path, extra_params: dict | None = None) -> dict:
-    """What GET /versions should answer (for the server's route): every version with its metrics,
-    plus which one serves. Metrics are trimmed to what a UI shows (history stays in metrics.json)."""
+def cli_model(name: str | None) -> str | None:
+    """--model as the CLI takes it: a backend MODEL_DIR means the version it serves (CURRENT); env ICM_MODEL
+    is the default; anything else goes to load_lm unchanged."""
+    name = name or os.environ.get("ICM_MODEL") or None
+    if name and (versions_root(name) / CURRENT_FILE).exists():
+        current = current_name(name)
+        if current:
+            return str(versions_root(name) / current)
+    return name
+
+
+def versions_payload(model_dir: str | Path, model_name: str, pin: str | None = None) -> dict:
+    """GET /versions: every version (base first, then fine-tuned oldest to newest) with its metrics,
+    which one serves and the pin. Metrics are trimmed to what a UI shows (history stays in metrics.json)."""
     keep = ("created_at", "base_model", "task", "labels", "data", "train_rows", "heldout_rows", "steps",
             "stopped", "best_step", "heldout_before", "heldout_best", "seconds", "project", "trigger")
     try:
-        serving = serving_version(model_dir, extra_params)
-        serving_name = serving.name if serving else BASE
+        current = served_version_name(model_dir, model_name, pin)
     except InputError as exc:
-        serving_name = f"error: {exc}"
-    return {"current": serving_name, "pinned": pinned_version(extra_params),
-            "versions": [{"version": v.name, **{k: v.metrics.get(k) for k in keep}} for v in list_versions(model_dir)]}
+        current = f"error: {exc}"
+    found = list_versions(model_dir)
+    return {"versions": [base_version(model_name)] + [v.name for v in found], "current": current, "pinned": pin,
+            "details": [{"version": v.name, **{k: v.metrics.get(k) for k in keep}} for v in found]}
