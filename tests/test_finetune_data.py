@@ -7,8 +7,8 @@ import json
 import pytest
 
 from icm_backend.errors import InputError
-from icm_backend.finetune.data import (annotation_label, read_rows, resolve_task_annotations,
-                                       training_set_from_file, training_set_from_ls_tasks)
+from icm_backend.finetune.data import read_rows, training_set_from_file, training_set_from_ls_tasks
+from icm_backend.labelstudio.annotations import annotation_label, resolve_task_annotations
 from icm_backend.finetune.job import explain_empty
 from icm_backend.labelstudio.config import parse_label_config
 
@@ -131,7 +131,7 @@ def test_file_errors_name_the_field(tmp_path):
     p.write_text('{"text": "a"}\n')
     with pytest.raises(InputError, match="row 1 has no field 'label'"):
         training_set_from_file(p, "classify", ["negative", "positive"])
-    with pytest.raises(InputError, match="unknown file type"):
+    with pytest.raises(InputError, match="unknown format"):
         read_rows(tmp_path / "x.jsonl").__class__ and read_rows(_touch(tmp_path / "x.xml"))
     with pytest.raises(InputError, match="file not found"):
         read_rows(tmp_path / "nope.json")

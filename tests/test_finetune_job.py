@@ -43,7 +43,7 @@ def app_for(tmp_path, tiny, monkeypatch):
     apps = []
 
     def make(tasks):
-        monkeypatch.setattr(job_mod, "fetch_ls_tasks", lambda url, key, project: tasks)
+        monkeypatch.setattr(job_mod, "fetch_tasks", lambda url, key, project: tasks)
         cfg = ServerConfig(model_dir=tmp_path / "model", model_name=str(tiny), label_studio_url="http://ls.invalid",
                            label_studio_api_key="x")
         app = create_app(cfg, host=ModelHost(cfg, labeler=lambda *a, **k: [], loader=lambda n: n))

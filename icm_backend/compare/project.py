@@ -23,7 +23,6 @@ Annotations marked ground_truth are used as gold, not as crowd votes.
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,61 +31,18 @@ from icm_backend.compare.disagreements import Thresholds
 from icm_backend.compare.pipeline import CompareResult, compare
 from icm_backend.errors import InputError
 from icm_backend.engine.types import Prediction
+from icm_backend.labelstudio.client import LSClient
+from icm_backend.labelstudio.config import LabelConfigError, ProjectSpec, parse_label_config
 
 REVIEW_VERSION = "icm-compare-review"
-REVIEW_WORDS = {"needs_review", "needs review", "needs-review"}
-
-
-@dataclass
-class ProjectConfig:
-    """The controls of a labeling config that the comparison uses."""
-
-    label_from: str
-    to_name: str
-    labels: list[str]
-    review_from: str | None = None
-    review_choice: str | None = None
-    reason_from: str | None = None
 
 
 @dataclass
 class ProjectCompare:
     result: CompareResult
-    config: ProjectConfig
+    config: ProjectSpec
     flagged: list[int] = field(default_factory=list)
     flag_method: str = ""  # "needs_review choice (+reason)" or "crowd-majority prediction"
-
-
-def parse_label_config(xml: str) -> ProjectConfig:
-    """Find the label Choices (the first one without a needs_review choice) and optional review controls."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise InputError(f"project field 'label_config' is not valid XML ({exc})") from None
-    label, review, textareas = None, None, []
-    for el in root.iter():
-        if el.tag == "Choices":
-            values = [c.get("value") or c.get("alias") for c in el.iter("Choice")]
-            hit = next((v for v in values if v and v.casefold() in REVIEW_WORDS), None)
-            if hit and review is None:
-                review = (el.get("name"), hit)
-            elif not hit and label is None:
-                label = (el.get("name"), el.get("toName"), [v for v in values if v])
-        elif el.tag == "TextArea":
-            textareas.append(el.get("name"))
-    if label is None:
-        raise InputError("project field 'label_config' has no <Choices> control to compare labels on")
-    reason = next((t for t in textareas if "reason" in (t or "").lower()), textareas[0] if textareas else None)
-    return ProjectConfig(label_from=label[0], to_name=label[1], labels=label[2],
-                         review_from=review[0] if review else None, review_choice=review[1] if review else None,
-                         reason_from=reason if review else None)
-
-
-def _get(obj, key, default=None):
-    """SDK 2.1.2 returns annotations as dicts and predictions as pydantic objects."""
-    if isinstance(obj, dict):
-        return obj.get(key, default)
-    return getattr(obj, key, default)
 
 
 def _choice(result, from_name: str) -> str | None:
@@ -98,96 +54,103 @@ def _choice(result, from_name: str) -> str | None:
     return None
 
 
-def _client(client_or_url, api_key):
+def _client(client_or_url, api_key) -> LSClient:
+    if isinstance(client_or_url, LSClient):
+        return client_or_url
     if isinstance(client_or_url, str):
-        from label_studio_sdk import LabelStudio
-
         if not api_key:
             raise InputError("an API key is required (--ls-api-key or LABEL_STUDIO_API_KEY)")
-        return LabelStudio(base_url=client_or_url.rstrip("/"), api_key=api_key)
-    return client_or_url
+        return LSClient(client_or_url, api_key)
+    return LSClient.wrap(client_or_url)  # an SDK client
 
 
-def read_project(client, project_id: int, icm_model_version: str | None = None,
-                 label_set: list[str] | None = None) -> tuple[CompareInput, ProjectConfig, list]:
-    project = client.projects.get(id=project_id)
-    cfg = parse_label_config(project.label_config)
-    tasks = list(client.tasks.list(project=project_id, fields="all"))
+def _spec(label_config) -> ProjectSpec:
     try:
-        users = {u.id: (u.email or u.username or str(u.id)) for u in client.users.list()}
-    except Exception:  # listing users may be forbidden for non-admins: fall back to ids
-        users = {}
+        spec = parse_label_config(label_config)
+    except LabelConfigError as exc:
+        raise InputError(f"project field 'label_config': {exc}") from None
+    if spec.control_type != "choices":
+        raise InputError("project field 'label_config' has no <Choices> control to compare labels on")
+    return spec
+
+
+def read_project(client: LSClient, project_id: int, icm_model_version: str | None = None,
+                 label_set: list[str] | None = None) -> tuple[CompareInput, ProjectSpec, list]:
+    cfg = _spec(client.project(project_id).get("label_config"))
+    tasks = client.tasks_with_labels(project_id)
+    users = client.users()
     crowd, gold, preds, warnings = [], {}, {}, []
     no_score = 0
     for t in tasks:
-        tid = int(_get(t, "id"))
-        for ann in _get(t, "annotations") or []:
-            if _get(ann, "was_cancelled"):
+        tid = int(t.get("id"))
+        for ann in t.get("annotations") or []:
+            if ann.get("was_cancelled"):
                 continue
-            label = _choice(_get(ann, "result"), cfg.label_from)
+            label = _choice(ann.get("result"), cfg.from_name)
             if label is None:
                 continue
-            if _get(ann, "ground_truth"):
+            if ann.get("ground_truth"):
                 gold[tid] = label
                 continue
-            who = _get(ann, "completed_by")
+            who = ann.get("completed_by")
             crowd.append(CrowdLabel(tid, users.get(who, str(who)), label))
         best = None
-        for p in _get(t, "predictions") or []:
-            version = _get(p, "model_version") or ""
+        for p in t.get("predictions") or []:
+            version = p.get("model_version") or ""
             if version == REVIEW_VERSION or (icm_model_version and version != icm_model_version):
                 continue
-            label = _choice(_get(p, "result"), cfg.label_from)
+            label = _choice(p.get("result"), cfg.from_name)
             if label is None:
                 continue
-            score = _get(p, "score")
+            score = p.get("score")
             if score is None:
                 no_score += 1
                 continue
-            if best is None or (_get(p, "id") or 0) > best[0]:  # newest prediction wins
-                best = (_get(p, "id") or 0, label, float(score))
+            if best is None or (p.get("id") or 0) > best[0]:  # newest prediction wins
+                best = (p.get("id") or 0, label, float(score))
         if best:
             preds[tid] = Prediction(tid, best[1], min(max(best[2], 0.0), 1.0))
     if no_score:
         warnings.append(f"{no_score} predictions without field 'score' were ignored (ICM predictions carry a score)")
     if not preds:
-        raise InputError(f"project {project_id}: no prediction with a '{cfg.label_from}' choice and a score "
+        raise InputError(f"project {project_id}: no prediction with a '{cfg.from_name}' choice and a score "
                          "(run ICM predictions first)")
     if not crowd:
-        raise InputError(f"project {project_id}: no annotation with a '{cfg.label_from}' choice (no crowd labels)")
-    inp = CompareInput(predictions=preds, crowd=crowd, gold=gold, label_set=sorted(label_set or cfg.labels),
+        raise InputError(f"project {project_id}: no annotation with a '{cfg.from_name}' choice (no crowd labels)")
+    inp = CompareInput(predictions=preds, crowd=crowd, gold=gold, label_set=sorted(label_set or cfg.choice_values),
                        warnings=warnings, source=f"Label Studio project {project_id}")
     return inp, cfg, tasks
 
 
-def flag_disagreements(client, result: CompareResult, cfg: ProjectConfig, tasks: list,
+def flag_disagreements(client: LSClient, result: CompareResult, cfg: ProjectSpec, tasks: list,
                        max_flags: int | None = None) -> tuple[list[int], str]:
     """Replace earlier review predictions, then add one per disagreement task (see module doc)."""
     for t in tasks:
-        for p in _get(t, "predictions") or []:
-            if _get(p, "model_version") == REVIEW_VERSION:
-                client.predictions.delete(id=_get(p, "id"))
-    meta_by_task = {int(_get(t, "id")): (_get(t, "meta") or {}) for t in tasks}
+        for p in t.get("predictions") or []:
+            if p.get("model_version") == REVIEW_VERSION:
+                client.delete_prediction(p.get("id"))
+    meta_by_task = {int(t.get("id")): (t.get("meta") or {}) for t in tasks}
     flagged = []
     dis = result.disagreements[:max_flags] if max_flags else result.disagreements
-    method = "needs_review choice" + (" + reason" if cfg.reason_from else "") if cfg.review_from \
+    review_from, reason_from = cfg.review.choices_name, cfg.review.reason_name if cfg.review.choices_name else None
+    method = "needs_review choice" + (" + reason" if reason_from else "") if review_from \
         else "crowd-majority prediction"
     for rank, d in enumerate(dis, 1):
-        if cfg.review_from:
-            res = [{"from_name": cfg.review_from, "to_name": cfg.to_name, "type": "choices",
-                    "value": {"choices": [cfg.review_choice]}}]
-            if cfg.reason_from:
-                res.append({"from_name": cfg.reason_from, "to_name": cfg.to_name, "type": "textarea",
+        if review_from:
+            res = [{"from_name": review_from, "to_name": cfg.to_name, "type": "choices",
+                    "value": {"choices": [cfg.review.choice_value]}}]
+            if reason_from:
+                res.append({"from_name": reason_from, "to_name": cfg.to_name, "type": "textarea",
                             "value": {"text": [f"{d.kind}: {d.reason}"]}})
         else:
-            res = [{"from_name": cfg.label_from, "to_name": cfg.to_name, "type": "choices",
+            res = [{"from_name": cfg.from_name, "to_name": cfg.to_name, "type": "choices",
                     "value": {"choices": [d.majority or d.icm_label]}}]
-        client.predictions.create(task=d.task, result=res, score=float(min(max(d.score, 0.0), 1.0)),
-                                  model_version=REVIEW_VERSION)
+        client.create_prediction(d.task, {"result": res, "score": float(min(max(d.score, 0.0), 1.0)),
+                                          "model_version": REVIEW_VERSION})
         meta = dict(meta_by_task.get(d.task) or {})
         meta["icm_compare"] = {"kind": d.kind, "rank": rank, "score": d.score, "reason": d.reason,
                                "votes": d.votes, "icm_label": d.icm_label, "icm_confidence": d.icm_confidence}
-        client.tasks.update(id=str(d.task), meta=meta)
+        client.update_task_meta(d.task, meta)
         flagged.append(d.task)
     return flagged, method
 

@@ -19,6 +19,9 @@ def read_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise InputError(f"{path}: unknown format '.{fmt}'; use one of {', '.join('.' + f for f in FORMATS)}")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -26,9 +29,6 @@ def read_rows(path: str | Path) -> list[dict]:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the file as UTF-8") from None
     if not text.strip():
         raise InputError(f"{path}: file is empty")
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in FORMATS:
-        raise InputError(f"{path}: unknown format '.{fmt}'; use one of {', '.join('.' + f for f in FORMATS)}")
     if fmt == "json":
         try:
             data = json.loads(text)

@@ -152,19 +152,24 @@ def _check_duplicate_claims(rows: list[dict], examples: list[Example]) -> None:
         seen[(ex.group, claim)] = ex.index
 
 
-def gold_label(value, problem: Problem) -> str | None:
-    """Normalise a gold value to a label word: True/False/1/0 for claims, word or class index for classify."""
+def normalise_label(value, words: list[str], multiclass: bool) -> str | None:
+    """A label as users write it -> a label word, or None. Classify: the word (any case) or a class index
+    (SST-2's 0/1 with labels negative,positive). Claims/comparison: True/False, 1/0, yes/no."""
     if value is None or value == "":
         return None
-    words = problem.label_words
     s = str(value).strip()
     if s in words:
         return s
-    if problem.multiclass:
+    if multiclass:
         if s.lstrip("-").isdigit() and 0 <= int(s) < len(words):
             return words[int(s)]
         lowered = {w.lower(): w for w in words}
         return lowered.get(s.lower())
     truthy = s.lower() in ("true", "1", "yes")
     falsy = s.lower() in ("false", "0", "no")
-    return TRUE if truthy else FALSE if falsy else None
+    return TRUE if truthy and TRUE in words else FALSE if falsy and FALSE in words else None
+
+
+def gold_label(value, problem: Problem) -> str | None:
+    """Normalise a gold value to a label word of `problem`."""
+    return normalise_label(value, problem.label_words, problem.multiclass)

@@ -11,18 +11,15 @@ Rules (documented in docs/finetune.md):
 
 from __future__ import annotations
 
-import csv
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from icm_backend.engine import io
+from icm_backend.engine.tasks import normalise_label
 from icm_backend.errors import InputError
-
-# Claims / comparison presets carry truth values; files may write them as booleans or 0/1.
-_TRUTHY = {"1", "true", "yes"}
-_FALSY = {"0", "false", "no"}
-
+from icm_backend.labelstudio.annotations import icm_label, resolve_task_annotations
+from icm_backend.labelstudio.rows import tasks_to_rows
 
 @dataclass
 class TrainingRow:
@@ -70,77 +67,6 @@ class TrainingSet:
 # tasks become rows through its tasks_to_rows, so training rows are built exactly as served rows are.
 
 
-def annotation_label(result: list[dict], spec) -> tuple[str | None, str]:
-    """An annotation's (or prediction's) result -> (label word, "") or (None, why not)."""
-    if not result:
-        return None, "empty result: the annotation holds no choice"
-    for item in result:
-        if item.get("from_name") != spec.from_name:
-            continue
-        value = item.get("value") or {}
-        if spec.control_type == "pairwise":
-            sel = value.get("selected")
-            # Pairwise "left" = the first response (choice) is better: the primary row's claim is True.
-            if sel == "left":
-                return "True", ""
-            if sel == "right":
-                return "False", ""
-            return None, f"unknown choice: pairwise selection {sel!r} is not left/right"
-        choices = list(value.get("choices") or [])
-        if not choices:
-            return None, f"empty result: no choice in control {spec.from_name!r}"
-        if len(choices) != 1:
-            return None, f"multiple choices: {choices} (training needs exactly one)"
-        values = spec.choice_values or spec.labels
-        if choices[0] not in values:
-            return None, f"unknown choice: {choices[0]!r} is not in the label set {values}"
-        return spec.labels[values.index(choices[0])], ""
-    return None, f"empty result: no choice in control {spec.from_name!r}"
-
-
-def _when(obj: dict) -> tuple:
-    # Latest = updated_at, then created_at, then id (ISO strings sort chronologically).
-    return (str(obj.get("updated_at") or ""), str(obj.get("created_at") or ""), obj.get("id") or 0)
-
-
-def resolve_task_annotations(task_id, annotations: list[dict], spec) -> tuple[TrainingRow | None, list[dict], bool]:
-    """One task's annotations -> (label row without its input fields, or None; skipped entries; had_conflict)."""
-    skipped, valid = [], []
-    for ann in annotations or []:
-        aid = ann.get("id")
-        if ann.get("was_cancelled"):
-            skipped.append({"task": task_id, "annotation": aid, "reason": "cancelled: the annotator skipped the task"})
-            continue
-        label, why = annotation_label(ann.get("result") or [], spec)
-        if label is None:
-            skipped.append({"task": task_id, "annotation": aid, "reason": why})
-            continue
-        valid.append((label, ann))
-    if not valid:
-        return None, skipped, False
-    counts = Counter(label for label, _ in valid)
-    top = max(counts.values())
-    tied = {label for label, n in counts.items() if n == top}
-    # Majority; a tie goes to the label of the most recently updated annotation among the tied ones.
-    latest = max((a for a in valid if a[0] in tied), key=lambda a: _when(a[1]))
-    return TrainingRow(row={}, label=latest[0], source="human", task_id=task_id,
-                       annotation_ids=[a.get("id") for _, a in valid]), skipped, len(counts) > 1
-
-
-def icm_label(predictions: list[dict], spec) -> tuple[str, float] | None:
-    """The newest non-provisional prediction's label and score (provisional = zero-shot stand-ins)."""
-    best = None
-    for pred in predictions or []:
-        if str(pred.get("model_version") or "").endswith("-provisional"):
-            continue
-        label, _ = annotation_label(pred.get("result") or [], spec)
-        if label is None:
-            continue
-        if best is None or _when(pred) > _when(best[2]):
-            best = (label, float(pred.get("score") or 0.0), pred)
-    return None if best is None else best[:2]
-
-
 def _other(label: str) -> str:
     return "False" if label == "True" else "True"
 
@@ -148,15 +74,15 @@ def _other(label: str) -> str:
 def training_set_from_ls_tasks(tasks: list[dict], spec, include_icm: bool = False,
                                min_confidence: float = 0.9) -> TrainingSet:
     """Build the training set from LS tasks as `tasks.list(fields="all")` returns them."""
-    from icm_backend.labelstudio.rows import tasks_to_rows
-
     out = TrainingSet(rows=[])
     labelled: dict[int, TrainingRow] = {}
     for t in tasks:
         tid = t.get("id")
-        row, skipped, conflict = resolve_task_annotations(tid, t.get("annotations") or [], spec)
+        human, skipped, conflict = resolve_task_annotations(tid, t.get("annotations") or [], spec)
         out.skipped.extend(skipped)
         out.conflicts += int(conflict)
+        row = None if human is None else TrainingRow(row={}, label=human.label, source="human", task_id=tid,
+                                                     annotation_ids=human.annotation_ids)
         if row is None and include_icm:
             got = icm_label(t.get("predictions") or [], spec)
             if got and got[1] >= min_confidence:
@@ -176,24 +102,6 @@ def training_set_from_ls_tasks(tasks: list[dict], spec, include_icm: bool = Fals
     return out
 
 
-def fetch_ls_tasks(url: str, api_key: str, project_id: int) -> list[dict]:
-    """All tasks of a project with annotations and predictions (label-studio-sdk 2.1.2)."""
-    from label_studio_sdk import LabelStudio
-
-    client = LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=60)
-    tasks = []
-    for t in client.tasks.list(project=project_id, fields="all", page_size=200):
-        d = t.model_dump() if hasattr(t, "model_dump") else dict(t)
-        tasks.append({"id": d.get("id"), "data": d.get("data") or {},
-                      "annotations": [_plain(a) for a in d.get("annotations") or []],
-                      "predictions": [_plain(p) for p in d.get("predictions") or []]})
-    return tasks
-
-
-def _plain(obj) -> dict:
-    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
-
-
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
@@ -206,51 +114,16 @@ def _required(task: str) -> tuple[str, ...]:
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """JSON (a list of objects), JSONL, CSV or TSV, chosen by extension."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"LABELS {p}: file not found")
-    suffix = p.suffix.lower()
+    """A labels file (JSON, JSONL, CSV or TSV): the engine's reader, errors prefixed with LABELS."""
     try:
-        if suffix == ".json":
-            data = json.loads(p.read_text())
-            if not isinstance(data, list):
-                raise InputError(f"LABELS {p}: a .json file must hold a list of objects")
-            return data
-        if suffix == ".jsonl":
-            return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        if suffix in (".csv", ".tsv"):
-            with p.open(newline="") as fh:
-                return list(csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ","))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"LABELS {p}: invalid JSON at line {exc.lineno}: {exc.msg}") from exc
-    raise InputError(f"LABELS {p}: unknown file type {suffix!r}; use .json, .jsonl, .csv or .tsv")
-
-
-def normalise_label(value, task: str, labels: list[str]) -> str | None:
-    """Map a file's label to a label word. Claims/comparison: booleans and 0/1 mean True/False.
-    Classify: the label word itself, or an integer index into --labels (SST-2's 0/1 with
-    --labels negative,positive)."""
-    text = str(value).strip()
-    if text in labels:
-        return text
-    if task != "classify":
-        low = text.lower()
-        if low in _TRUTHY and "True" in labels:
-            return "True"
-        if low in _FALSY and "False" in labels:
-            return "False"
-        return None
-    if text.lstrip("-").isdigit() and 0 <= int(text) < len(labels):
-        return labels[int(text)]
-    return None
+        return io.read_rows(path)
+    except InputError as exc:
+        raise InputError(f"LABELS {exc}") from None
 
 
 def training_set_from_file(path: str | Path, task: str, labels: list[str]) -> TrainingSet:
     required = _required(task)
     rows = read_rows(path)
-    if not rows:
-        raise InputError(f"LABELS {path}: no rows")
     out = TrainingSet(rows=[])
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
@@ -259,7 +132,7 @@ def training_set_from_file(path: str | Path, task: str, labels: list[str]) -> Tr
         if missing:
             raise InputError(f"LABELS {path}: row {i + 1} has no field {missing[0]!r} (task {task} needs "
                              f"{', '.join(required + ('label',))})")
-        label = normalise_label(r["label"], task, labels)
+        label = normalise_label(r["label"], labels, multiclass=task == "classify")
         if label is None:
             raise InputError(f"LABELS {path}: row {i + 1} field 'label' = {r['label']!r} is not one of {labels}"
                              + (" or an index into them" if task == "classify" else ""))

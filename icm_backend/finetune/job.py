@@ -21,7 +21,8 @@ import sys
 from dataclasses import asdict, dataclass
 
 from icm_backend.errors import InputError
-from icm_backend.finetune.data import TrainingSet, fetch_ls_tasks, training_set_from_ls_tasks
+from icm_backend.finetune.data import TrainingSet, training_set_from_ls_tasks
+from icm_backend.labelstudio.client import LabelStudioUnavailable, client_for
 from icm_backend.finetune.lora import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ def explain_empty(project: int, tasks: list[dict], ts: TrainingSet) -> str:
     return f"project {project}: none of {n_ann} annotations is usable for training: {reasons}{more}"
 
 
+def fetch_tasks(url: str, key: str, project: int) -> list[dict]:
+    """The project's tasks with annotations and predictions."""
+    return client_for(url, key).tasks_with_labels(project)
+
+
 class TrainJob:
     """handler(JobContext) -> final message. Registered as job kind "train"."""
 
@@ -78,8 +84,6 @@ class TrainJob:
         self.backend = backend
 
     def ls_credentials(self, project: int) -> tuple[str, str]:
-        from icm_backend.labelstudio.client import LabelStudioUnavailable
-
         cfg = self.backend.config
         known = self.backend.projects.get_project(project) or {}
         url = cfg.label_studio_url or known.get("hostname")
@@ -111,11 +115,9 @@ class TrainJob:
         ctx.progress(0, settings.max_steps, "fetching annotations from Label Studio")
         label_config = job.params.get("label_config") or (self.backend.projects.get_project(project) or {}).get("label_config")
         if not label_config:
-            from icm_backend.finetune.data import fetch_ls_project
-
-            label_config = fetch_ls_project(url, key, project).get("label_config")
+            label_config = client_for(url, key).project(project).get("label_config")
         spec = parse_label_config(label_config)
-        tasks = fetch_ls_tasks(url, key, project)
+        tasks = fetch_tasks(url, key, project)
         ts = training_set_from_ls_tasks(tasks, spec, settings.include_icm, settings.min_confidence)
         if not ts.rows:
             raise InputError(explain_empty(project, tasks, ts))

@@ -1,9 +1,13 @@
-"""The few Label Studio API calls a job needs, through label-studio-sdk (legacy token or PAT alike)."""
+"""The one Label Studio API client (label-studio-sdk 2.1.2; a legacy token or a Personal Access Token).
+
+Everything that talks to a Label Studio server goes through LSClient: the ICM job (tasks, predictions,
+the project's model_version), fine-tuning (annotations) and the crowd comparison (annotations, users,
+review predictions). Methods return plain dicts, never SDK objects.
+"""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -12,36 +16,71 @@ class LabelStudioUnavailable(Exception):
     """No URL/API key known for this project, or LS refused: the job falls back to request data."""
 
 
-@dataclass
+def _plain(obj) -> dict:
+    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
+
+
 class LSClient:
-    url: str
-    api_key: str
-    timeout_s: float = 60.0
+    def __init__(self, url: str, api_key: str, timeout_s: float = 60.0, sdk=None):
+        self.url = url
+        if sdk is None:
+            from label_studio_sdk import LabelStudio
 
-    def __post_init__(self):
-        from label_studio_sdk import LabelStudio
+            # The SDK exchanges a Personal Access Token (JWT refresh token) for access tokens itself.
+            sdk = LabelStudio(base_url=url.rstrip("/"), api_key=api_key, timeout=timeout_s)
+        self.sdk = sdk
 
-        # The SDK exchanges a Personal Access Token (JWT refresh token) for access tokens itself.
-        self._client = LabelStudio(base_url=self.url.rstrip("/"), api_key=self.api_key, timeout=self.timeout_s)
+    @classmethod
+    def wrap(cls, sdk) -> "LSClient":
+        """An LSClient over an SDK client someone already built."""
+        return cls(url=str(getattr(sdk, "base_url", "") or ""), api_key="", sdk=sdk)
 
-    def project_tasks(self, project: int, page_size: int = 500) -> list[dict]:
-        tasks = []
-        for t in self._client.tasks.list(project=project, page_size=page_size):
-            tasks.append({"id": t.id, "data": dict(t.data or {})})
-        return tasks
-
-    def existing_prediction_tasks(self, project: int, model_version: str) -> set[int]:
-        """Task ids that already hold a prediction with this version (makes re-pushing idempotent)."""
-        return {p.task for p in self._client.predictions.list(project=project)
-                if p.model_version == model_version and p.task is not None}
-
-    def create_prediction(self, task_id: int, item: dict) -> None:
-        self._client.predictions.create(task=task_id, result=item["result"], score=item.get("score"),
-                                        model_version=item["model_version"])
+    # -- projects -------------------------------------------------------------------------
+    def project(self, project: int) -> dict:
+        return _plain(self.sdk.projects.get(id=project))
 
     def set_project_model_version(self, project: int, model_version: str) -> None:
         # The Data Manager's score column averages predictions whose version equals this field.
-        self._client.projects.update(id=project, model_version=model_version)
+        self.sdk.projects.update(id=project, model_version=model_version)
+
+    def users(self) -> dict[int, str]:
+        """User id -> email (or name); empty where listing users is forbidden (non-admin tokens)."""
+        try:
+            return {u.id: (u.email or u.username or str(u.id)) for u in self.sdk.users.list()}
+        except Exception:
+            return {}
+
+    # -- tasks ----------------------------------------------------------------------------
+    def project_tasks(self, project: int, page_size: int = 500) -> list[dict]:
+        """Every task's id and data."""
+        return [{"id": t.id, "data": dict(t.data or {})}
+                for t in self.sdk.tasks.list(project=project, page_size=page_size)]
+
+    def tasks_with_labels(self, project: int, page_size: int = 200) -> list[dict]:
+        """Every task with its annotations and predictions (and meta), as plain dicts."""
+        out = []
+        for t in self.sdk.tasks.list(project=project, fields="all", page_size=page_size):
+            d = _plain(t)
+            out.append({"id": d.get("id"), "data": d.get("data") or {}, "meta": d.get("meta") or {},
+                        "annotations": [_plain(a) for a in d.get("annotations") or []],
+                        "predictions": [_plain(p) for p in d.get("predictions") or []]})
+        return out
+
+    def update_task_meta(self, task_id: int, meta: dict) -> None:
+        self.sdk.tasks.update(id=str(task_id), meta=meta)
+
+    # -- predictions ----------------------------------------------------------------------
+    def existing_prediction_tasks(self, project: int, model_version: str) -> set[int]:
+        """Task ids that already hold a prediction with this version (makes re-pushing idempotent)."""
+        return {p.task for p in self.sdk.predictions.list(project=project)
+                if p.model_version == model_version and p.task is not None}
+
+    def create_prediction(self, task_id: int, item: dict) -> None:
+        self.sdk.predictions.create(task=task_id, result=item["result"], score=item.get("score"),
+                                    model_version=item["model_version"])
+
+    def delete_prediction(self, prediction_id: int) -> None:
+        self.sdk.predictions.delete(id=prediction_id)
 
 
 def client_for(url: str | None, api_key: str | None) -> LSClient:

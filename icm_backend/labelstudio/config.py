@@ -23,6 +23,7 @@ FIELD_ALIASES = {
 TEXT_TAGS = {"Text", "HyperText", "Paragraphs", "Header"}
 REVIEW_CHOICE_NAMES = {"needs_review", "review"}
 REVIEW_VALUE = "needs review"
+REVIEW_WORDS = {"needs review", "needs_review", "needs-review"}  # a Choice with one of these is the review flag
 
 
 class LabelConfigError(InputError):
@@ -89,9 +90,10 @@ def parse_label_config(xml: str) -> ProjectSpec:
     main_choices = []
     for el in choices:
         values = [c.get("value") or c.get("alias") or "" for c in el.iter("Choice")]
-        if el.get("name") in REVIEW_CHOICE_NAMES or [v.strip().lower() for v in values] == [REVIEW_VALUE]:
+        hit = next((v for v in values if v.strip().casefold() in REVIEW_WORDS), None)
+        if review.choices_name is None and (hit or el.get("name") in REVIEW_CHOICE_NAMES):
             review.choices_name = el.get("name")
-            review.choice_value = values[0] if values else REVIEW_VALUE
+            review.choice_value = hit or (values[0] if values else REVIEW_VALUE)
             review.to_name = el.get("toName", "")
         else:
             main_choices.append((el, values))
