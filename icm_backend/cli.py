@@ -9,33 +9,18 @@ import sys
 
 from icm_backend.errors import InputError
 
-# Each feature module contributes its own subcommand(s) through `add_subcommands(subparsers)`;
-# the module is imported lazily so `icm-backend --help` stays fast and a missing optional
-# dependency only breaks the subcommand that needs it.
-SUBCOMMAND_MODULES = [
-    "icm_backend.commands.label",
-    "icm_backend.commands.eval",
-    "icm_backend.commands.demo",
-    "icm_backend.commands.serve",
-    "icm_backend.commands.jobs",
-    "icm_backend.commands.finetune",
-    "icm_backend.commands.compare",
-]
+from icm_backend.commands import compare, demo, eval, finetune, jobs, label, serve
+
+# Each command module adds its subcommand(s); their heavy imports (Flask, peft, crowd-kit) happen
+# inside the command, so `--help` stays fast and a missing optional extra breaks only its command.
+SUBCOMMANDS = (label, eval, demo, serve, jobs, finetune, compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="icm-backend", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
-    import importlib
-
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that feature is not built yet
-                continue
-            raise
+    for module in SUBCOMMANDS:
         module.add_subcommands(sub)
     return parser
 

@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 
 
 class Scorer(Protocol):
+    """What the engine needs from a language model (the local TransformersScorer, or a model server's)."""
+
     label_words: list[str]
     model_id: str
+
+    def set_labels(self, label_words: list[str]) -> None:
+        """Score these label words from now on."""
 
     def score(self, prefix: str, targets: list[str]) -> np.ndarray:
         """Return an array [len(targets), len(label_words)] of log-probs normalised over the label set."""

@@ -46,7 +46,6 @@ class ProjectSpec:
     to_name: str
     control_type: str  # "choices" | "pairwise"
     choice_values: list[str] = field(default_factory=list)  # the config's own Choice values (case kept)
-    text_field: str | None = None  # classify: task data key of the text
     fields: dict[str, str] = field(default_factory=dict)  # ICM row field -> task data key
     review: ReviewBlock = field(default_factory=ReviewBlock)
 
@@ -152,5 +151,5 @@ def parse_label_config(xml: str) -> ProjectSpec:
         return ProjectSpec(task="claims", labels=["True", "False"], from_name=el.get("name"), to_name=to_name,
                            control_type="choices", choice_values=[true_v, false_v], fields=fields, review=review)
     return ProjectSpec(task="classify", labels=values, from_name=el.get("name"), to_name=to_name,
-                       control_type="choices", choice_values=values, text_field=target_var,
+                       control_type="choices", choice_values=values,
                        fields={"text": target_var}, review=review)
