@@ -20,6 +20,7 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 
+from icm_backend.envvars import env_flag, env_float, env_int
 from icm_backend.errors import InputError
 from icm_backend.finetune.data import TrainingSet, training_set_from_ls_tasks
 from icm_backend.labelstudio.client import LabelStudioUnavailable, client_for
@@ -42,22 +43,12 @@ class TrainSettings:
     def from_env(cls, env: dict | None = None) -> "TrainSettings":
         env = os.environ if env is None else env
         d = cls()
-
-        def num(name, cast, default):
-            raw = env.get(name)
-            if raw in (None, ""):
-                return default
-            try:
-                return cast(raw)
-            except ValueError:
-                raise InputError(f"{name}={raw!r}: expected a number") from None
-
         return cls(
-            include_icm=str(env.get("ICM_TRAIN_INCLUDE_ICM", "")).lower() in ("1", "true", "yes", "on"),
-            min_confidence=num("ICM_TRAIN_MIN_CONFIDENCE", float, d.min_confidence),
-            max_steps=num("ICM_TRAIN_MAX_STEPS", int, d.max_steps),
-            batch_size=num("ICM_TRAIN_BATCH_SIZE", int, d.batch_size),
-            learning_rate=num("ICM_TRAIN_LR", float, d.learning_rate),
+            include_icm=env_flag(env, "ICM_TRAIN_INCLUDE_ICM"),
+            min_confidence=env_float(env, "ICM_TRAIN_MIN_CONFIDENCE", d.min_confidence),
+            max_steps=env_int(env, "ICM_TRAIN_MAX_STEPS", d.max_steps),
+            batch_size=env_int(env, "ICM_TRAIN_BATCH_SIZE", d.batch_size),
+            learning_rate=env_float(env, "ICM_TRAIN_LR", d.learning_rate),
         )
 
 
@@ -84,10 +75,9 @@ class TrainJob:
         self.backend = backend
 
     def ls_credentials(self, project: int) -> tuple[str, str]:
-        cfg = self.backend.config
-        known = self.backend.projects.get_project(project) or {}
-        url = cfg.label_studio_url or known.get("hostname")
-        key = cfg.label_studio_api_key or known.get("access_token")
+        cfg = self.backend.config  # configured URL/key win; a /setup token only goes to the host it came for
+        creds = self.backend.projects.credentials(project, cfg.label_studio_url, cfg.label_studio_api_key)
+        url, key = (creds.url, creds.api_key) if creds else (None, None)
         if not url or not key:
             raise LabelStudioUnavailable("cannot read annotations: LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are "
                                          "not set and /setup gave no hostname/access_token")

@@ -14,6 +14,8 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from icm_backend.envvars import env_flag
+
 log = logging.getLogger(__name__)
 
 TRAIN_KIND = "train"
@@ -23,7 +25,7 @@ AUTO_TRAIN_ENV = "ICM_AUTO_TRAIN"  # 1/true: annotation events train too (not on
 
 
 def auto_train_enabled(env: dict | None = None) -> bool:
-    return str((env if env is not None else os.environ).get(AUTO_TRAIN_ENV, "")).strip().lower() in ("1", "true", "yes", "on")
+    return env_flag(env if env is not None else os.environ, AUTO_TRAIN_ENV)
 
 
 def should_train(action: str, env: dict | None = None) -> bool:
