@@ -76,19 +76,6 @@ def test_icm_finds_the_consistent_labelling():
     assert not any(f.kind == "inconsistent" for p in preds for f in p.flags)
 
 
-def test_consistency_fix_keeps_a_repair_only_if_u_improves():
-    problem = build_problem(gsm_rows(), "gsm8k")
-    search = ICMSearch(problem, FakeScorer(), SearchConfig(context_tokens=200, fold_size=3), seed=0)
-    t, f = problem.true_index, 1 - problem.true_index
-    labels = np.array([t, t, t, f, t, t])  # rows 0/1 vs 2 conflict
-    fixed, u = search.consistency_fix(labels)
-    assert search.consistency.count(fixed) == 0
-    assert u.value >= search.objective(labels).value
-    search.config.alpha = 0.0  # with P ignored, any consistent option beats an inconsistent one, never worse
-    fixed2, u2 = search.consistency_fix(labels)
-    assert u2.value >= search.objective(labels).value
-
-
 def test_checkpoint_resume_matches_an_uninterrupted_run(tmp_path):
     rows = [{"text": f"item {i} {'good' if i % 3 else 'bad'}"} for i in range(30)]
     scorer = FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"})
@@ -138,3 +125,48 @@ def test_low_confidence_is_flagged():
     scorer = FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}, strength=0.1)
     preds = label_rows(rows, task="classify", labels=["bad", "good"], method="zero-shot", model=scorer, review_threshold=0.9)
     assert all(any(f.kind == "low_confidence" for f in p.flags) for p in preds)
+
+
+def test_fixed_rows_are_kept_in_context_and_never_flipped():
+    # The fake model says "no" (False) for these claims; humans said True for rows 0 and 4.
+    rows = gsm_rows()
+    # alpha low enough that one inconsistency outweighs the fake model's preference for one row.
+    cfg = SearchConfig(context_tokens=200, fold_size=3, alpha=0.5)
+    problem = build_problem(rows, "gsm8k")
+    fixed = {0: "False", 4: "False"}  # against the model: the search must keep them anyway
+    search = ICMSearch(problem, FakeScorer(), cfg, seed=1, fixed=fixed)
+    t, f = problem.true_index, 1 - problem.true_index
+    state = search.run()
+    assert state.labels[0] == f and state.labels[4] == f
+    # ConsistencyFix takes them as given: row 1 shares row 0's answer, row 5 shares row 4's.
+    assert state.labels[1] == f and state.labels[5] == f
+    assert search.consistency.count(np.array(state.labels)) == 0
+    # Fixed rows lead the context (in sweeps they alternate with the search's labels, human first)
+    # and are never sampled for a proposal.
+    assert set(search.plan.label_order[0:4:2]) == {0, 4}
+    assert set(ICMSearch(problem, FakeScorer(), cfg, seed=1, fixed=fixed).initial_state().label_order[:2]) == {0, 4}
+    assert all(search.sample(np.array(state.labels)) not in (0, 4) for _ in range(50))
+    preds = label_rows(rows, task="gsm8k", method="icm", model=FakeScorer(), seed=1, config=cfg, fixed=fixed)
+    assert [p.label for p in preds][:2] == ["False", "False"] and preds[0].fixed and preds[0].confidence == 1.0
+    assert not preds[0].flags and not preds[2].fixed
+    # Baselines take them too.
+    for method in ("zero-shot", "random-fewshot", "bootstrap"):
+        got = label_rows(rows, task="gsm8k", method=method, model=FakeScorer(), seed=0, config=cfg, fixed=fixed)
+        assert got[0].label == "False" and got[4].label == "False", method
+
+
+def test_fixed_labels_change_the_search_fingerprint_and_bad_ones_are_named(tmp_path):
+    rows = [{"text": f"item {i} {'good' if i % 2 else 'bad'}"} for i in range(8)]
+    kw = dict(task="classify", labels=["bad", "good"], method="icm", seed=0,
+              config=SearchConfig(context_tokens=40, fold_size=4))
+    ck = tmp_path / "ck.json"
+    label_rows(rows, model=FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}), checkpoint=ck, **kw)
+    with pytest.raises(InputError, match="different run"):
+        label_rows(rows, model=FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}), checkpoint=ck,
+                   fixed={1: "good"}, **kw)
+    for bad, msg in (({9: "good"}, "row 9 is outside"), ({1: "great"}, "row 1 has label 'great'")):
+        with pytest.raises(InputError, match=msg):
+            label_rows(rows, model=FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}), fixed=bad, **kw)
+    # A class index is accepted for classify, as the CLI's gold columns often hold 0/1.
+    preds = label_rows(rows, model=FakeScorer(["bad", "good"], {"bad": "bad", "good": "good"}), fixed={2: 1}, **kw)
+    assert preds[2].label == "good" and preds[2].fixed
