@@ -51,15 +51,28 @@ class LSClient:
             return {}
 
     # -- tasks ----------------------------------------------------------------------------
-    def project_tasks(self, project: int, page_size: int = 500) -> list[dict]:
+    def _task_pages(self, project: int, page_size: int, **kw):
+        """Every task of the project, page by page. Stops at the `total` LS reports: the SDK's pager asks
+        for one page past the last, which LS answers with 404 "Invalid page" (an error in its log each time)."""
+        page, seen = 1, 0
+        while True:
+            pager = self.sdk.tasks.list(project=project, page=page, page_size=page_size, **kw)
+            items = list(pager.items or [])
+            yield from items
+            seen += len(items)
+            total = getattr(pager.response, "total", None)
+            if not items or len(items) < page_size or (total is not None and seen >= total):
+                return
+            page += 1
+
+    def project_tasks(self, project: int, page_size: int = 1000) -> list[dict]:
         """Every task's id and data."""
-        return [{"id": t.id, "data": dict(t.data or {})}
-                for t in self.sdk.tasks.list(project=project, page_size=page_size)]
+        return [{"id": t.id, "data": dict(t.data or {})} for t in self._task_pages(project, page_size)]
 
     def tasks_with_labels(self, project: int, page_size: int = 200) -> list[dict]:
         """Every task with its annotations and predictions (and meta), as plain dicts."""
         out = []
-        for t in self.sdk.tasks.list(project=project, fields="all", page_size=page_size):
+        for t in self._task_pages(project, page_size, fields="all"):
             d = _plain(t)
             out.append({"id": d.get("id"), "data": d.get("data") or {}, "meta": d.get("meta") or {},
                         "annotations": [_plain(a) for a in d.get("annotations") or []],
@@ -70,10 +83,32 @@ class LSClient:
         self.sdk.tasks.update(id=str(task_id), meta=meta)
 
     # -- predictions ----------------------------------------------------------------------
+    # LS's bulk import stores at most PREDICTION_IMPORT_BATCH_SIZE (500) predictions per bulk_create, one
+    # transaction: a request of <= 500 items is stored whole or not at all.
+    IMPORT_BATCH = 500
+
     def existing_prediction_tasks(self, project: int, model_version: str) -> set[int]:
         """Task ids that already hold a prediction with this version (makes re-pushing idempotent)."""
         return {p.task for p in self.sdk.predictions.list(project=project)
                 if p.model_version == model_version and p.task is not None}
+
+    def predictions_of(self, project: int, model_version: str | None = None) -> list[dict]:
+        """The project's predictions (id, task, model_version, score), optionally of one version."""
+        return [{"id": p.id, "task": p.task, "model_version": p.model_version, "score": p.score}
+                for p in self.sdk.predictions.list(project=project)
+                if model_version is None or p.model_version == model_version]
+
+    def import_predictions(self, project: int, items: dict[int, dict]) -> int:
+        """Bulk write: {task id: {"result", "score", "model_version"}} in one request (<= IMPORT_BATCH items,
+        so LS stores all or none). Returns how many LS created."""
+        if len(items) > self.IMPORT_BATCH:
+            raise ValueError(f"items: {len(items)} > {self.IMPORT_BATCH} per request (LS's atomic batch)")
+        from label_studio_sdk import PredictionRequest
+
+        reply = self.sdk.projects.import_predictions(id=project, request=[
+            PredictionRequest(task=tid, result=item["result"], score=item.get("score"),
+                              model_version=item["model_version"]) for tid, item in items.items()])
+        return int(getattr(reply, "created", None) or 0)
 
     def create_prediction(self, task_id: int, item: dict) -> None:
         self.sdk.predictions.create(task=task_id, result=item["result"], score=item.get("score"),
@@ -81,7 +116,6 @@ class LSClient:
 
     def delete_prediction(self, prediction_id: int) -> None:
         self.sdk.predictions.delete(id=prediction_id)
-
 
 def client_for(url: str | None, api_key: str | None) -> LSClient:
     if not url or not api_key:
