@@ -9,9 +9,10 @@ from icm_backend.labelstudio.rows import RowSet
 from icm_backend.engine.consistency import RELATION_TEXT
 from icm_backend.engine.types import INCONSISTENT, LOW_CONFIDENCE, Prediction
 
-# Without a review block the only place a flag can show is the score column: flagged tasks get
-# their score halved so "sort by prediction score ascending" puts them first.
-FLAGGED_SCORE_FACTOR = 0.5
+# The score is the engine's confidence unchanged: the probability of the label shown (>= 1/K of K labels),
+# under the scoring that chose it. Nothing here rescales it (flagged tasks used to get theirs halved when
+# the config had no review block; that made the score column lie about the label). Sorting by score
+# ascending still lists the low-confidence flags first; consistency flags need the review block to show.
 
 
 @dataclass
@@ -21,6 +22,7 @@ class TaskPrediction:
     score: float | None
     flagged: bool = False
     reason: str = ""
+    label: str | None = None  # the engine's label word (e.g. "True" for a pairwise "left"): what a shard carries
 
     def to_ls(self, model_version: str) -> dict:
         item = {"result": self.result, "model_version": model_version}
@@ -68,12 +70,10 @@ def build(spec: ProjectSpec, rowset: RowSet, preds: list[Prediction], threshold:
         flagged = bool(pred.flags)
         reason = review_reason(tid, pred, rowset, threshold) if flagged else ""
         result = [_label_result(spec, pred, conf)]
-        score = conf
         if flagged and spec.has_review:
             result += _review_results(spec, reason)
-        elif flagged:
-            score = conf * FLAGGED_SCORE_FACTOR
-        out[tid] = TaskPrediction(task_id=tid, result=result, score=round(score, 6), flagged=flagged, reason=reason)
+        out[tid] = TaskPrediction(task_id=tid, result=result, score=round(conf, 6), flagged=flagged, reason=reason,
+                                  label=str(pred.label))
     return out
 
 
