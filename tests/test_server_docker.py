@@ -24,7 +24,7 @@ def test_compose_services_ports_volumes_healthchecks():
     c = compose()
     ls, be = c["services"]["label-studio"], c["services"]["icm-backend"]
     assert ls["image"].endswith(":1.23.2")
-    assert "8080:8080" in ls["ports"] and "9090:9090" in be["ports"]
+    assert "8080:8080" in ls["ports"] and any(p.endswith("9090:9090") for p in be["ports"])
     for svc in (ls, be):
         hc = svc["healthcheck"]
         assert "/health" in " ".join(hc["test"]) and hc["interval"] and hc["retries"]
@@ -44,6 +44,12 @@ def test_compose_env_has_what_a_local_backend_needs():
                 "LOG_LEVEL", "PORT", "WORKERS", "THREADS"):
         assert key in be_env, key
     assert be_env["LABEL_STUDIO_URL"] == "http://label-studio:8080" and be_env["WORKERS"] == "1"
+    assert be_env["BASIC_AUTH_PASS"].startswith("${BASIC_AUTH_PASS:?")  # no backend without auth
+
+
+def test_dockerfile_listens_beyond_loopback_on_purpose():
+    text = (DOCKER / "Dockerfile").read_text()
+    assert "icm-backend serve --host 0.0.0.0" in text
 
 
 def test_dockerfile_runs_serve_with_healthcheck():

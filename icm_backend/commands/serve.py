@@ -1,35 +1,65 @@
-"""`icm-backend serve`: the Label Studio ML backend under gunicorn (1 worker + threads).
+"""`icm-backend serve`: the Label Studio ML backend, one process, behind a buffering HTTP front (waitress).
 
-    icm-backend serve --port 9090
+    icm-backend serve --port 9090                      # listens on 127.0.0.1 only
+    icm-backend serve --host 0.0.0.0 --port 9090       # reachable from other machines: set BASIC_AUTH_* too
     MODEL_DIR=./data/server LABEL_STUDIO_URL=http://localhost:8080 LABEL_STUDIO_API_KEY=... icm-backend serve
 
-One worker on purpose: the model and the job worker live in that process; threads serve LS's
-concurrent calls. --preload builds the app before the fork (config errors fail fast) and the job
-worker thread starts in the worker after the fork. --timeout 0: ICM requests may take a while.
+One process on purpose: the model and the job worker live in it; THREADS threads serve LS's concurrent
+calls. The front reads each request whole (headers and body, up to ICM_MAX_BODY_BYTES) on its own event
+loop before a thread sees it, so clients that send half a request and wait hold a socket, never a thread:
+/health and /setup stay answerable. Idle connections close after ICM_CHANNEL_TIMEOUT_S.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import socket
+import sys
 
 from icm_backend.errors import InputError
 
 log = logging.getLogger(__name__)
 
+LOOPBACK_NAMES = {"localhost", "ip6-localhost"}
+
 
 def add_subcommands(subparsers) -> None:
-    p = subparsers.add_parser("serve", help="run the Label Studio ML backend (gunicorn)",
+    p = subparsers.add_parser("serve", help="run the Label Studio ML backend",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default=os.environ.get("HOST_BIND", "0.0.0.0"), help="bind address (default 0.0.0.0)")
+    p.add_argument("--host", default=os.environ.get("HOST_BIND", "127.0.0.1"),
+                   help="bind address (default 127.0.0.1; 0.0.0.0 = every interface: set BASIC_AUTH_USER/PASS)")
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 9090))
     p.add_argument("--threads", type=int, default=int(os.environ.get("THREADS") or 8))
     p.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS") or 1),
-                   help="keep 1: jobs and the model live in the worker process")
+                   help="keep 1: jobs and the model live in the one process")
     p.add_argument("--model-dir", default=None, help="overrides MODEL_DIR (jobs DB, checkpoints, versions)")
-    p.add_argument("--dev", action="store_true", help="werkzeug dev server instead of gunicorn (debugging)")
+    p.add_argument("--dev", action="store_true", help="werkzeug dev server instead of waitress (debugging)")
     p.set_defaults(func=run)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        try:  # a name: loopback only if every address it resolves to is
+            addrs = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
+        except OSError:
+            return False
+        return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
+
+
+def exposure_warning(host: str, auth_enabled: bool) -> str | None:
+    if is_loopback(host) or auth_enabled:
+        return None
+    return (f"WARNING: listening on {host} (beyond this machine) WITHOUT authentication: anyone who can reach "
+            "this port can read jobs, queue work and point the backend at their own server. Set "
+            "BASIC_AUTH_USER and BASIC_AUTH_PASS (and the same pair in Label Studio's model settings), or "
+            "bind to 127.0.0.1.")
 
 
 def run(args) -> int:
@@ -40,32 +70,32 @@ def run(args) -> int:
     if args.workers != 1:
         # Each worker would run its own job thread over the same SQLite queue and load its own model.
         raise InputError(f"--workers {args.workers}: the backend runs exactly 1 worker (use --threads)")
+    if not 1 <= args.threads <= 256:
+        raise InputError(f"--threads {args.threads}: expected 1-256")
     from icm_backend.server.app import create_app, get_backend
     from icm_backend.server.config import ServerConfig
 
     config = ServerConfig.from_env()
+    channel_timeout = int(os.environ.get("ICM_CHANNEL_TIMEOUT_S") or 30)
     app = create_app(config)
+    warning = exposure_warning(args.host, config.auth_enabled)
+    if warning:
+        log.warning("%s", warning)
+        print("\n" + "!" * 100 + "\n" + warning + "\n" + "!" * 100 + "\n", file=sys.stderr, flush=True)
     if config.auth_enabled:
-        log.info("basic auth on; LS event webhooks go to /webhook/%s", config.webhook_secret)
+        # the secret itself is never logged: it sits 0600 in MODEL_DIR (or came from WEBHOOK_SECRET)
+        log.info("basic auth on; LS event webhooks go to /webhook/<secret> (the secret is in %s/webhook_secret "
+                 "unless WEBHOOK_SECRET is set)", "MODEL_DIR")
+    get_backend(app).runner.ensure_started()  # resume interrupted jobs at once, not on the first request
     if args.dev:
-        get_backend(app).runner.ensure_started()
         app.run(host=args.host, port=args.port, threaded=True)
         return 0
-    from gunicorn.app.base import BaseApplication
+    from waitress import serve
 
-    class _Gunicorn(BaseApplication):
-        def load_config(self):
-            for key, value in {
-                "bind": f"{args.host}:{args.port}", "workers": 1, "threads": args.threads,
-                "worker_class": "gthread", "timeout": 0, "preload_app": True,
-                "loglevel": os.environ.get("LOG_LEVEL", "info").lower(),
-                # resume interrupted jobs at once, not on the first request
-                "post_fork": lambda server, worker: get_backend(app).runner.ensure_started(),
-            }.items():
-                self.cfg.set(key, value)
-
-        def load(self):
-            return app
-
-    _Gunicorn().run()
+    log.info("serving on http://%s:%d (%d threads, waitress)", args.host, args.port, args.threads)
+    serve(app, host=args.host, port=args.port, threads=args.threads, ident="icm-backend",
+          max_request_body_size=config.max_body_bytes, max_request_header_size=64 * 1024,
+          channel_timeout=channel_timeout, cleanup_interval=min(10, channel_timeout),
+          connection_limit=int(os.environ.get("ICM_CONNECTION_LIMIT") or 1000), asyncore_use_poll=True,
+          clear_untrusted_proxy_headers=True)
     return 0

@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 
 
+class QueueFull(Exception):
+    """submit() refused: too many jobs queued or running (all projects, or this project)."""
+
+
 class JobCancelled(Exception):
     """Raised inside a handler (via JobContext.check) when someone cancelled the job."""
 
@@ -141,6 +145,12 @@ class JobStore:
                                 message="resuming after a restart")
         return [_job(r) for r in rows]
 
+    def active_counts(self, project: int | None) -> tuple[int, int]:
+        """(active jobs in all, active jobs of `project`)."""
+        rows = self.db.q("SELECT COUNT(*) n, COALESCE(SUM(project IS ?), 0) p FROM jobs WHERE status IN "
+                         "('queued','running')", (project,))
+        return rows[0]["n"], rows[0]["p"]
+
     def counts(self) -> dict[str, int]:
         return {r["status"]: r["n"] for r in self.db.q("SELECT status, COUNT(*) n FROM jobs GROUP BY status")}
 
@@ -193,6 +203,9 @@ class JobRunner:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._start_lock = threading.Lock()
+        self._submit_lock = threading.Lock()
+        self.max_active: int | None = None  # queued + running jobs, all projects (None = no limit)
+        self.max_active_per_project: int | None = None
 
     def register(self, kind: str, handler: Handler) -> None:
         self.handlers[kind] = handler
@@ -200,7 +213,15 @@ class JobRunner:
     def submit(self, kind: str, project: int | None, model_version: str | None, params: dict) -> Job:
         if kind not in self.handlers:
             raise ValueError(f"kind: no job handler registered for {kind!r}")
-        job = self.store.create_job(kind, project, model_version, params)
+        with self._submit_lock:
+            total, mine = self.store.active_counts(project)
+            if self.max_active is not None and total >= self.max_active:
+                raise QueueFull(f"job queue full: {total} jobs queued or running (ICM_MAX_QUEUED_JOBS="
+                                f"{self.max_active}); retry when one finishes")
+            if self.max_active_per_project is not None and mine >= self.max_active_per_project:
+                raise QueueFull(f"project {project} has {mine} jobs queued or running "
+                                f"(ICM_MAX_QUEUED_JOBS_PER_PROJECT={self.max_active_per_project})")
+            job = self.store.create_job(kind, project, model_version, params)
         log.info("job %d queued: %s for project %s (%s)", job.id, kind, project, model_version)
         self.ensure_started()
         self._wake.set()

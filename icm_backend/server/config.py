@@ -2,32 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from icm_backend.engine.labeler import CLI_METHODS
+from icm_backend.envvars import env_float as _float
+from icm_backend.envvars import env_int as _int
 from icm_backend.errors import InputError
 
 
-def _int(env: dict, name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InputError(f"{name}={raw!r}: expected an integer") from None
-
-
-def _float(env: dict, name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise InputError(f"{name}={raw!r}: expected a number") from None
+def _positive(env: dict, name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value < 1:
+        raise InputError(f"{name}={value}: expected a positive integer")
+    return value
 
 
 @dataclass
@@ -50,6 +39,16 @@ class ServerConfig:
     seed: int = 0
     max_iters: int | None = None  # ICM_MAX_ITERS: cap on ICM search iterations per shard (engine default 20*N)
     checkpoint_every_s: float = 20.0  # ICM_CHECKPOINT_EVERY_S: how often a job's search saves its state
+    # -- limits against hostile or careless clients (each a clear 4xx, or a per-task reason) ---------
+    max_body_bytes: int = 32 * 1024 * 1024  # ICM_MAX_BODY_BYTES: bigger requests get 413 before being read
+    max_json_depth: int = 64  # ICM_MAX_JSON_DEPTH: deeper JSON nesting gets 400 (LS task JSON is ~6 deep)
+    max_tasks_per_request: int = 20000  # ICM_MAX_TASKS_PER_REQUEST: LS sends a whole selection in one /predict
+    max_text_chars: int = 10000  # ICM_MAX_TEXT_CHARS: a task whose text is longer gets an empty result + reason
+    max_choices: int = 64  # ICM_MAX_CHOICES: a <Choices> with more values gets 422
+    max_queued_jobs: int = 16  # ICM_MAX_QUEUED_JOBS: queued + running jobs, all projects together
+    max_queued_jobs_per_project: int = 2  # ICM_MAX_QUEUED_JOBS_PER_PROJECT
+    max_concurrent_predicts: int = 2  # ICM_MAX_CONCURRENT_PREDICTS: /predict requests running the model at once
+    max_metric_series: int = 200  # ICM_MAX_METRIC_SERIES: distinct label sets per metric before "other"
 
     @property
     def base_model(self) -> str:
@@ -69,13 +68,11 @@ class ServerConfig:
     def from_env(cls, env: dict | None = None) -> "ServerConfig":
         env = dict(os.environ if env is None else env)
         method = env.get("ICM_METHOD", "icm")
-        if method not in ("icm", "zero-shot", "random-fewshot", "bootstrap"):
-            raise InputError(f"ICM_METHOD={method!r}: choose icm, zero-shot, random-fewshot or bootstrap")
+        if method not in CLI_METHODS:
+            raise InputError(f"ICM_METHOD={method!r}: choose one of {', '.join(CLI_METHODS)}")
         user, pw = env.get("BASIC_AUTH_USER") or None, env.get("BASIC_AUTH_PASS") or None
+        # None -> a random secret kept in MODEL_DIR/webhook_secret (0600), made on first start with auth on
         secret = env.get("WEBHOOK_SECRET") or None
-        if user and pw and not secret:
-            # Stable across restarts without storing anything: LS keeps the webhook URL we print once.
-            secret = hashlib.sha256(f"icm-webhook:{user}:{pw}".encode()).hexdigest()[:24]
         threshold = _float(env, "ICM_REVIEW_THRESHOLD", 0.6)
         if not 0.0 <= threshold <= 1.0:
             raise InputError(f"ICM_REVIEW_THRESHOLD={threshold}: expected a number in [0, 1]")
@@ -96,4 +93,14 @@ class ServerConfig:
             seed=_int(env, "ICM_SEED", 0),
             max_iters=_int(env, "ICM_MAX_ITERS", 0) or None,
             checkpoint_every_s=_float(env, "ICM_CHECKPOINT_EVERY_S", 20.0),
+            max_body_bytes=_positive(env, "ICM_MAX_BODY_BYTES", cls.max_body_bytes),
+            max_json_depth=_positive(env, "ICM_MAX_JSON_DEPTH", cls.max_json_depth),
+            max_tasks_per_request=_positive(env, "ICM_MAX_TASKS_PER_REQUEST", cls.max_tasks_per_request),
+            max_text_chars=_positive(env, "ICM_MAX_TEXT_CHARS", cls.max_text_chars),
+            max_choices=_positive(env, "ICM_MAX_CHOICES", cls.max_choices),
+            max_queued_jobs=_positive(env, "ICM_MAX_QUEUED_JOBS", cls.max_queued_jobs),
+            max_queued_jobs_per_project=_positive(env, "ICM_MAX_QUEUED_JOBS_PER_PROJECT",
+                                                  cls.max_queued_jobs_per_project),
+            max_concurrent_predicts=_positive(env, "ICM_MAX_CONCURRENT_PREDICTS", cls.max_concurrent_predicts),
+            max_metric_series=_positive(env, "ICM_MAX_METRIC_SERIES", cls.max_metric_series),
         )

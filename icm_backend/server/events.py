@@ -30,7 +30,9 @@ EventHandler = Callable[[dict, object], object]  # (payload, backend) -> ignored
 @dataclass
 class EventRegistry:
     handlers: dict[str, list[EventHandler]] = field(default_factory=dict)
-    seen: dict[str, int] = field(default_factory=dict)  # action -> count handled (for /metrics and tests)
+    # action -> count handled (for /metrics and tests); actions LS never sends and nothing handles count
+    # as "other", so made-up names cannot grow this (or /metrics) without bound
+    seen: dict[str, int] = field(default_factory=dict)
     _pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(2, "icm-webhook"))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -39,9 +41,10 @@ class EventRegistry:
         return fn
 
     def dispatch(self, action: str, payload: dict, backend: object) -> dict:
-        with self._lock:
-            self.seen[action] = self.seen.get(action, 0) + 1
         fns = self.handlers.get(action, [])
+        key = action if fns or action in KNOWN_EVENTS else "other"
+        with self._lock:
+            self.seen[key] = self.seen.get(key, 0) + 1
         if not fns and action not in KNOWN_EVENTS:
             return {"status": "Unknown event"}
         for fn in fns:

@@ -48,10 +48,9 @@ class ICMJob:
     projects: ProjectStore
 
     def ls_for(self, project: int):
-        cfg = self.host.config
-        known = self.projects.get_project(project) or {}
-        return client_for(cfg.label_studio_url or known.get("hostname"),
-                          cfg.label_studio_api_key or known.get("access_token"))
+        cfg = self.host.config  # configured URL/key win; a /setup token only goes to the host it came for
+        creds = self.projects.credentials(project, cfg.label_studio_url, cfg.label_studio_api_key)
+        return client_for(creds.url if creds else None, creds.api_key if creds else None)
 
     def __call__(self, ctx: JobContext) -> str:
         job, params = ctx.job, ctx.job.params
@@ -89,7 +88,10 @@ class ICMJob:
                 ctx.progress(base + int(frac * n), total, f"shard {k + 1}/{len(shards)}: {msg}")
 
             preds = self.host.label(spec, shard, method=params.get("method", "icm"),
-                                      checkpoint=ctx.workdir / f"shard-{k}.ckpt", progress=progress)
+                                      checkpoint=ctx.workdir / f"shard-{k}.ckpt", progress=progress, version=version)
+            failed = {tid: p.reason for tid, p in preds.items() if not p.result}  # one bad task costs only itself
+            for tid, reason in list(failed.items())[:20]:
+                log.warning("job %d: task %s not labelled: %s", job.id, tid, reason)
             items = {tid: p.to_ls(version) for tid, p in preds.items()}
             self.predictions.put_predictions(project, version, items, job_id=job.id)
             if ls is not None:
@@ -98,11 +100,16 @@ class ICMJob:
             done_before += len(shard)
             state["done_shards"] = sorted(done_shards)
             state["flagged"] = state.get("flagged", 0) + sum(p.flagged for p in preds.values())
+            state["not_labelled"] = state.get("not_labelled", 0) + len(failed)
+            reasons = {**state.get("not_labelled_tasks", {}), **{str(t): r for t, r in failed.items()}}
+            state["not_labelled_tasks"] = dict(list(reasons.items())[:50])  # the first 50 with their reasons
             ctx.save_state(state)
             ctx.progress(done_before, total, f"shard {k + 1}/{len(shards)} written")
         flagged = state.get("flagged", 0)
         where = "written to Label Studio" if ls is not None else "kept in the store (Label Studio unreachable)"
-        return f"{total} tasks labelled, {flagged} flagged for review, {where}"
+        failed = state.get("not_labelled", 0)
+        failed_note = f", {failed} not labelled (reasons in the job's state)" if failed else ""
+        return f"{total - failed} tasks labelled, {flagged} flagged for review{failed_note}, {where}"
 
     def _fetch_tasks(self, project: int, params: dict) -> list[dict]:
         try:

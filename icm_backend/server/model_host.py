@@ -3,21 +3,34 @@
 The model is loaded lazily (never by /health or /setup) and reloaded only when the served version
 under MODEL_DIR changes. Request threads and the job thread share one loaded model: inference does not
 mutate it, and each label_rows call builds its own scorer.
+
+One bad task spoils nothing: texts too long or not valid Unicode never reach the engine (their task
+gets an empty result with the reason), and when the engine fails on a batch anyway, the batch is split
+in halves until the failing task is alone; it gets an empty result naming the error, the rest are labelled.
+A model that cannot load raises ModelUnavailable (its message names the version, never a path) and
+`load_error` keeps it for /health.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from icm_backend.labelstudio import results as P
 from icm_backend.server.config import ServerConfig
 from icm_backend.labelstudio.config import ProjectSpec
 from icm_backend.labelstudio.rows import tasks_to_rows
-from icm_backend.versions import pinned_version, served_model_path
+from icm_backend.versions import base_version, served_model_path
 
 log = logging.getLogger(__name__)
+
+LOAD_RETRY_S = 30.0  # after a failed load, requests fail at once for this long instead of retrying the load
+
+
+class ModelUnavailable(Exception):
+    """The served model cannot be loaded."""
 
 LabelFn = Callable[..., list]
 
@@ -44,6 +57,8 @@ class ModelHost:
         self._lm = None
         self._lm_path: str | None = None
         self._lock = threading.Lock()
+        self.load_error: str | None = None  # why the last load failed (no paths); None once a load succeeds
+        self._failed: tuple[str, float] | None = None  # (path, when) of the last failed load
 
     @property
     def labeler(self) -> LabelFn:
@@ -51,16 +66,26 @@ class ModelHost:
             self._labeler = _default_labeler()
         return self._labeler
 
-    extra_params: dict | None = None  # set by the backend from /setup: may pin a version
-
-    def model(self):
-        pin = pinned_version(self.extra_params, self.config.model_version_pin)
+    def model(self, version: str | None = None):
+        """The loaded model serving `version` (a name from versions/ or the base version; None = the default)."""
+        pin = version if version is not None else self.config.model_version_pin
         path = served_model_path(self.config.model_dir, self.config.base_model, pin)
         with self._lock:  # one load at a time; concurrent callers wait for it instead of loading twice
             if self._lm is None or self._lm_path != path:
+                if self._failed and self._failed[0] == path and time.monotonic() - self._failed[1] < LOAD_RETRY_S:
+                    raise ModelUnavailable(self.load_error)
                 log.info("loading model %s", path)
-                self._lm = self._loader(path)
+                try:
+                    self._lm = self._loader(path)
+                except Exception as exc:
+                    name = version or base_version(self.config.base_model)
+                    self.load_error = _redact(f"model {name} cannot be loaded: {type(exc).__name__}: {exc}",
+                                              self.config.model_dir)[:500]
+                    self._failed = (path, time.monotonic())
+                    log.error("%s", self.load_error)
+                    raise ModelUnavailable(self.load_error) from exc
                 self._lm_path = path
+                self.load_error, self._failed = None, None
             return self._lm
 
     @property
@@ -68,15 +93,60 @@ class ModelHost:
         return self._lm is not None
 
     def label(self, spec: ProjectSpec, tasks: list[dict], method: str, checkpoint=None,
-              progress: Callable[[int, int, str], None] | None = None) -> dict[int, P.TaskPrediction]:
-        rowset = tasks_to_rows(spec, tasks)
-        preds = []
-        if rowset.rows:
-            from icm_backend.engine.search import SearchConfig
+              progress: Callable[[int, int, str], None] | None = None,
+              version: str | None = None) -> dict[int, P.TaskPrediction]:
+        """One TaskPrediction per task. Exceptions raised by `progress` (cancel, a time budget) and
+        ModelUnavailable propagate; any other engine failure costs only the task(s) that caused it."""
+        rowset = tasks_to_rows(spec, tasks, max_chars=self.config.max_text_chars)
+        if not rowset.rows:
+            return P.build(spec, rowset, [], self.config.review_threshold)
+        model = self.model(version)
+        raised: list[BaseException] = []
 
-            config = SearchConfig(max_iters=self.config.max_iters, checkpoint_every_s=self.config.checkpoint_every_s)
-            preds = self.labeler(
+        def relay(*args) -> None:
+            try:
+                progress(*args)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+
+        from icm_backend.engine.search import SearchConfig
+
+        config = SearchConfig(max_iters=self.config.max_iters, checkpoint_every_s=self.config.checkpoint_every_s)
+        try:
+            preds = list(self.labeler(
                 rowset.rows, task=spec.task, labels=spec.labels if spec.task == "classify" else None, method=method,
-                model=self.model(), seed=self.config.seed, checkpoint=checkpoint, progress=progress, config=config,
-                review_threshold=self.config.review_threshold)
-        return P.build(spec, rowset, list(preds), self.config.review_threshold)
+                model=model, seed=self.config.seed, checkpoint=checkpoint, progress=relay if progress else None,
+                config=config, review_threshold=self.config.review_threshold))
+        except Exception as exc:
+            if raised and exc is raised[-1]:
+                raise
+            return self._isolate(spec, tasks, rowset, method, progress, version, exc)
+        return P.build(spec, rowset, preds, self.config.review_threshold)
+
+    def _isolate(self, spec, tasks, rowset, method, progress, version, exc) -> dict[int, P.TaskPrediction]:
+        """The engine failed on this batch: label each half on its own until the failing task is alone."""
+        out = {tid: P.empty(tid, reason) for tid, reason in rowset.skipped.items()}
+        usable = [t for t in tasks if t["id"] in rowset.primary]
+        if len(usable) == 1:
+            tid = usable[0]["id"]
+            out[tid] = P.empty(tid, _redact(f"labelling failed: {type(exc).__name__}: {exc}",
+                                            self.config.model_dir)[:300])
+            log.warning("task %s not labelled: %s", tid, out[tid].reason)
+            return out
+        log.warning("labelling %d tasks failed (%s: %s); splitting the batch to find the task at fault",
+                    len(usable), type(exc).__name__, str(exc)[:200])
+        half = len(usable) // 2
+        for part in (usable[:half], usable[half:]):  # no checkpoint: the file belongs to the whole batch
+            out.update(self.label(spec, part, method, progress=progress, version=version))
+        return out
+
+
+def _redact(message: str, model_dir) -> str:
+    """Error text for clients: MODEL_DIR's location replaced by the word MODEL_DIR."""
+    from pathlib import Path
+
+    for p in {str(Path(model_dir).resolve()), str(model_dir)}:
+        if p and p != ".":
+            message = message.replace(p, "MODEL_DIR")
+    return message

@@ -11,27 +11,38 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
 from icm_backend.labelstudio import results as P
 from icm_backend.server.config import ServerConfig
-from icm_backend.server.model_host import ModelHost
+from icm_backend.server.model_host import ModelHost, ModelUnavailable
 from icm_backend.server.events import EventRegistry
 from icm_backend.server.icm_job import ICMJob
 from icm_backend.jobs.db import Database
 from icm_backend.jobs.predictions import PredictionStore
 from icm_backend.jobs.projects import ProjectStore
-from icm_backend.jobs.queue import JobRunner, JobStore
+from icm_backend.jobs.queue import JobRunner, JobStore, QueueFull
 from icm_backend.labelstudio.config import ProjectSpec
 from icm_backend.server.metrics import Metrics
-from icm_backend.versions import pinned_version, served_version_name, sweep_stale_tmp, versions_payload
+from icm_backend.errors import InputError
+from icm_backend.versions import BASE, base_version, list_versions, served_version_name, sweep_stale_tmp, \
+    versions_payload
 
 log = logging.getLogger(__name__)
 
 
 class _OverBudget(Exception):
     pass
+
+
+class Busy(Exception):
+    """Too many /predict requests are running the model already (answered 429: retry later)."""
+
+
+class PinError(InputError):
+    """A version pin that names no version under MODEL_DIR/versions (answered 422, that request only)."""
 
 
 @dataclass
@@ -44,6 +55,7 @@ class Backend:
     runner: JobRunner
     events: EventRegistry = field(default_factory=EventRegistry)
     metrics: Metrics = field(default_factory=Metrics)
+    _model_slots: threading.BoundedSemaphore | None = None
 
     @classmethod
     def create(cls, config: ServerConfig, host: ModelHost | None = None,
@@ -54,40 +66,88 @@ class Backend:
         db = Database(config.db_path)
         jobs = JobStore(db)
         runner = JobRunner(jobs, config.model_dir / "jobs")
+        runner.max_active, runner.max_active_per_project = config.max_queued_jobs, config.max_queued_jobs_per_project
         backend = cls(config=config, host=host or ModelHost(config), jobs=jobs, predictions=PredictionStore(db),
-                      projects=ProjectStore(db), runner=runner, events=events or EventRegistry())
+                      projects=ProjectStore(db), runner=runner, events=events or EventRegistry(),
+                      metrics=Metrics(config.max_metric_series))
+        backend._model_slots = threading.BoundedSemaphore(config.max_concurrent_predicts)
         sweep_stale_tmp(config.model_dir)  # trainings killed mid-write leave .tmp-* dirs behind
         runner.register("icm", ICMJob(backend.host, backend.predictions, backend.projects))
         return backend
 
     # -- versions ---------------------------------------------------------------------------
-    # LS sends the ML backend's extra params with /setup; a `model_version` there pins a rollback.
-    extra_params: dict | None = None
+    # LS sends the ML backend's extra params with /setup; a `model_version` there pins a rollback for that
+    # project (stored per project); ICM_MODEL_VERSION is the default pin. A pin is a version *name*.
+    def check_pin(self, pin, field: str = "model_version") -> str | None:
+        """`pin` if it names a finished version under versions/ (or the base model), else PinError (no path)."""
+        if pin is None or pin == "":
+            return None
+        names = [v.name for v in list_versions(self.config.model_dir)]
+        base = base_version(self.config.base_model)
+        if not isinstance(pin, str) or (pin not in names and pin not in (BASE, base)):
+            shown = repr(pin)[:80] if isinstance(pin, str) else f"a {type(pin).__name__}"
+            raise PinError(f"{field} {shown}: no such version (have: "
+                           f"{', '.join([BASE, base] + names[-20:])})")
+        return pin
 
-    def pin(self) -> str | None:
-        return pinned_version(self.extra_params, self.config.model_version_pin)
+    def pin(self, project: int | None = None) -> str | None:
+        return self.projects.pin(project) or self.config.model_version_pin
 
-    def model_version(self) -> str:
-        return served_version_name(self.config.model_dir, self.config.base_model, self.pin())
+    def model_version(self, project: int | None = None, pin: str | None = None) -> str:
+        """The version that serves `project` (its pin, else the default pin, else CURRENT, else the base model)."""
+        pin = self.check_pin(pin or self.pin(project))
+        try:
+            return served_version_name(self.config.model_dir, self.config.base_model, pin)
+        except InputError:  # deleted under us; the engine's message names the directory: not for clients
+            raise PinError(f"model_version {pin!r}: no such version") from None
 
-    def versions_detail(self) -> dict:
-        return versions_payload(self.config.model_dir, self.config.base_model, self.pin())
+    def default_version(self) -> tuple[str | None, str | None]:
+        """(version, error) for /health: never raises, never shows a path."""
+        try:
+            return self.model_version(), None
+        except PinError as exc:
+            return None, str(exc)
+
+    def versions_detail(self, project: int | None = None) -> dict:
+        out = versions_payload(self.config.model_dir, self.config.base_model, None)
+        if project is None:
+            out["current"], error = self.default_version()
+            if error:
+                out["error"] = error
+        else:
+            out["current"] = self.model_version(project)
+        out["pinned"] = self.pin(project)
+        return out
 
     # -- predict ----------------------------------------------------------------------------
     def predict(self, project: int, spec: ProjectSpec, label_config: str, tasks: list[dict]) -> list[dict]:
-        version = self.model_version()
+        version = self.model_version(project)
         ids = [t["id"] for t in tasks]
         items: dict[int, dict] = self.predictions.get_predictions(project, version, ids)
         self.metrics.inc("icm_predict_tasks_total", len(items), source="store")
         missing = [t for t in tasks if t["id"] not in items]
-        if missing and len(missing) <= self.config.sync_max_tasks:
-            items.update(self._label_now(project, spec, missing, version))
-        elif missing:
-            job = self.ensure_job(project, label_config, tasks, version)
-            log.info("predict: %d of %d tasks not labelled yet; job %d (%s) runs ICM over project %s",
-                     len(missing), len(tasks), job.id, job.status, project)
-            items.update(self._provisional(spec, missing, version))
-        return [items.get(i) or P.empty(i).to_ls(version) for i in ids]
+        pending = "not labelled yet"
+        if missing and not self._model_slots.acquire(blocking=False):
+            # never queue behind the model: a waiting request would hold a server thread /health and /setup need
+            raise Busy(f"predict: {self.config.max_concurrent_predicts} requests are labelling already "
+                       "(ICM_MAX_CONCURRENT_PREDICTS); retry later")
+        try:
+            if missing and len(missing) <= self.config.sync_max_tasks:
+                items.update(self._label_now(project, spec, missing, version))
+            elif missing:
+                try:
+                    job = self.ensure_job(project, label_config, tasks, version)
+                    pending = f"not labelled yet: job {job.id} is labelling the project"
+                    log.info("predict: %d of %d tasks not labelled yet; job %d (%s) runs ICM over project %s",
+                             len(missing), len(tasks), job.id, job.status, project)
+                except QueueFull as exc:
+                    pending = f"not labelled: {exc}"
+                    log.warning("predict: project %s: %s", project, exc)
+                items.update(self._provisional(spec, missing, version))
+        finally:
+            if missing:
+                self._model_slots.release()
+        return [items.get(i) or P.empty(i, pending).to_ls(version) for i in ids]
 
     def ensure_job(self, project: int, label_config: str, tasks: list[dict], version: str):
         job = self.jobs.active_job("icm", project, version)
@@ -103,14 +163,18 @@ class Backend:
     def _label_now(self, project: int, spec: ProjectSpec, tasks: list[dict], version: str) -> dict[int, dict]:
         t0 = time.monotonic()
         try:
-            preds = self.host.label(spec, tasks, method=self.config.method)
-        except Exception:
+            preds = self.host.label(spec, tasks, method=self.config.method, version=version)
+        except ModelUnavailable as exc:
+            self.metrics.inc("icm_predict_errors_total", len(tasks))
+            return {t["id"]: P.empty(t["id"], str(exc)).to_ls(version) for t in tasks}
+        except Exception as exc:
             log.exception("predict: labelling %d tasks in the request failed; returning empty results", len(tasks))
             self.metrics.inc("icm_predict_errors_total", len(tasks))
-            return {}
+            return {t["id"]: P.empty(t["id"], f"labelling failed: {type(exc).__name__}").to_ls(version) for t in tasks}
         items = {tid: p.to_ls(version) for tid, p in preds.items()}
         # LS saves what /predict returns, so these count as pushed (a later job must not add duplicates).
-        self.predictions.put_predictions(project, version, {t: v for t, v in items.items() if v["result"]}, pushed=True)
+        self.predictions.put_predictions(project, version, {t: v for t, v in items.items() if v.get("result")},
+                                         pushed=True)
         self.metrics.inc("icm_predict_tasks_total", len(items), source="request")
         log.info("predict: labelled %d tasks in the request in %.1fs", len(tasks), time.monotonic() - t0)
         return items
@@ -126,7 +190,9 @@ class Backend:
                 raise _OverBudget()
 
         try:
-            preds = self.host.label(spec, tasks, method=method, progress=guard)
+            preds = self.host.label(spec, tasks, method=method, progress=guard, version=version)
+        except ModelUnavailable as exc:
+            return {t["id"]: P.empty(t["id"], str(exc)).to_ls(version) for t in tasks}
         except _OverBudget:
             log.warning("predict: provisional %s over %.0fs budget; empty results until the job writes them",
                         method, self.config.provisional_budget_s)
