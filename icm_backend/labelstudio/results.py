@@ -25,6 +25,11 @@ class TaskPrediction:
     label: str | None = None  # the engine's label word (e.g. "True" for a pairwise "left"): what a shard carries
 
     def to_ls(self, model_version: str) -> dict:
+        if not self.result:
+            # LS 1.23.2 stores every item holding a "result" key as a prediction, and never asks again about a
+            # task holding one with the current version: an empty result would stand as the answer. An item
+            # without "result" is logged by LS and skipped (nothing stored, the task is asked again later).
+            return {"model_version": model_version, "error": self.reason or "not labelled"}
         item = {"result": self.result, "model_version": model_version}
         if self.score is not None:
             item["score"] = self.score
