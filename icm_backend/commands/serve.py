@@ -76,7 +76,6 @@ def run(args) -> int:
     from icm_backend.server.config import ServerConfig
 
     config = ServerConfig.from_env()
-    channel_timeout = int(os.environ.get("ICM_CHANNEL_TIMEOUT_S") or 30)
     app = create_app(config)
     warning = exposure_warning(args.host, config.auth_enabled)
     if warning:
@@ -90,12 +89,20 @@ def run(args) -> int:
     if args.dev:
         app.run(host=args.host, port=args.port, threaded=True)
         return 0
-    from waitress import serve
-
+    server = make_server(app, config, args.host, args.port, args.threads)
     log.info("serving on http://%s:%d (%d threads, waitress)", args.host, args.port, args.threads)
-    serve(app, host=args.host, port=args.port, threads=args.threads, ident="icm-backend",
-          max_request_body_size=config.max_body_bytes, max_request_header_size=64 * 1024,
-          channel_timeout=channel_timeout, cleanup_interval=min(10, channel_timeout),
-          connection_limit=int(os.environ.get("ICM_CONNECTION_LIMIT") or 1000), asyncore_use_poll=True,
-          clear_untrusted_proxy_headers=True)
+    server.run()
     return 0
+
+
+def make_server(app, config, host: str, port: int, threads: int):
+    """The waitress front `serve` runs (port 0 = any free port; `.effective_port`, `.run()`, `.close()`)."""
+    from waitress.server import create_server
+
+    channel_timeout = int(os.environ.get("ICM_CHANNEL_TIMEOUT_S") or 30)
+    return create_server(
+        app, host=host, port=port, threads=threads, ident="icm-backend",
+        max_request_body_size=config.max_body_bytes, max_request_header_size=64 * 1024,
+        channel_timeout=channel_timeout, cleanup_interval=min(10, channel_timeout),
+        connection_limit=int(os.environ.get("ICM_CONNECTION_LIMIT") or 1000), asyncore_use_poll=True,
+        clear_untrusted_proxy_headers=True)
