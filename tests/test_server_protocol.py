@@ -119,13 +119,17 @@ def test_task_missing_field_gets_empty_result_not_missing_item(make_app):
     assert "result" not in res[1] and "'text'" in res[1]["error"]
 
 
-def test_large_batch_returns_provisional_and_starts_job(make_app):
+def test_large_batch_is_left_to_the_job_no_stand_in(make_app):
     app = make_app(sync_max_tasks=3)
     client = app.test_client()
     tasks = [{"id": i, "data": {"text": f"sentence {i}" + "!" * i}} for i in range(1, 11)]
+    t0 = time.perf_counter()
     r = client.post("/predict", json={"tasks": tasks, "project": "3.99", "label_config": CLASSIFY_XML})
+    assert time.perf_counter() - t0 < 2.0  # nothing labelled in the request: the job does it
     assert r.status_code == 200 and len(r.json["results"]) == 10
-    assert all(x["model_version"] == "icm-smollm2-135m-provisional" for x in r.json["results"])
+    # no stand-in prediction: an item per task without "result" (LS stores nothing), saying which job labels it
+    assert all("result" not in x and x["model_version"] == "icm-smollm2-135m" and "job" in x["error"]
+               for x in r.json["results"])
     backend = get_backend(app)
     assert backend.runner.wait_idle(20)
     jobs = client.get("/jobs").json["jobs"]
@@ -297,12 +301,12 @@ def test_config_from_env_names():
 
 def test_cancel_a_running_job(make_app, monkeypatch):
     monkeypatch.setenv("FAKE_LABELER_DELAY", "0.05")
-    app = make_app(sync_max_tasks=1, provisional_method="none")
+    app = make_app(sync_max_tasks=1)
     backend = get_backend(app)
     client = app.test_client()
     tasks = [{"id": i, "data": {"text": f"t{i}"}} for i in range(1, 201)]
     r = client.post("/predict", json={"tasks": tasks, "project": 4, "label_config": CLASSIFY_XML})
-    # provisional disabled: an item per task, without "result" (LS stores nothing and asks again later)
+    # an item per task, without "result" (LS stores nothing and asks again later)
     assert all("result" not in x and "not labelled yet" in x["error"] for x in r.json["results"])
     job_id = client.get("/jobs").json["jobs"][0]["id"]
     for _ in range(200):

@@ -30,10 +30,8 @@ class ServerConfig:
     model_name: str | None = None  # ICM_MODEL; None -> the default model
     model_version_pin: str | None = None  # ICM_MODEL_VERSION: serve this version (or "base"); LS extra params win
     method: str = "icm"  # what jobs and small in-request batches run
-    provisional_method: str = "zero-shot"  # fast answer for big batches while the ICM job runs; "none" = empty
-    sync_max_tasks: int = 16  # batches up to this size are labelled by ICM inside the request
-    provisional_max_tasks: int = 1000
-    provisional_budget_s: float = 60.0  # LS gives /predict 100 s; leave room for the rest of the request
+    sync_max_tasks: int = 16  # batches up to this size are labelled by ICM inside the request (within the budget)
+    predict_budget_s: float = 8.0  # ICM_PREDICT_BUDGET_S: /predict answers within this; the rest is the job's
     review_threshold: float = 0.6  # confidence under this -> flagged low_confidence
     shard_size: int = 128  # a job labels (and pushes to LS) this many tasks at a time; groups stay together
     seed: int = 0
@@ -84,10 +82,8 @@ class ServerConfig:
             model_name=env.get("ICM_MODEL") or None,
             model_version_pin=env.get("ICM_MODEL_VERSION") or None,
             method=method,
-            provisional_method=env.get("ICM_PROVISIONAL_METHOD", "zero-shot"),
             sync_max_tasks=_int(env, "ICM_SYNC_MAX_TASKS", 16),
-            provisional_max_tasks=_int(env, "ICM_PROVISIONAL_MAX_TASKS", 1000),
-            provisional_budget_s=_float(env, "ICM_PROVISIONAL_BUDGET_S", 60.0),
+            predict_budget_s=_float(env, "ICM_PREDICT_BUDGET_S", 8.0),
             review_threshold=threshold,
             shard_size=max(1, _int(env, "ICM_JOB_SHARD_SIZE", 128)),
             seed=_int(env, "ICM_SEED", 0),

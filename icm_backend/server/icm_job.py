@@ -2,14 +2,28 @@
 
 Resumable at two levels: the project is cut into shards (consistency groups kept whole); a finished
 shard is recorded in the job state and its predictions are in the store, and inside a shard label_rows
-resumes from its checkpoint file. Re-pushing after a crash skips tasks that already hold a prediction
-with this model_version, so a restart neither loses nor duplicates predictions.
+resumes from its checkpoint file.
+
+Write-back is LS's bulk import (POST /api/projects/<id>/import/predictions, <= 500 per request, which LS
+stores in one bulk_create: all or nothing). Exactly once across crashes: a batch is claimed in the store
+(SENDING) before the request and settled (delivered) after it; a batch whose fate is unknown (crash,
+timeout, refused) is settled by asking LS which tasks hold a prediction of this version. Tasks that
+already hold one when the job starts are never sent again.
+
+Once LS holds predictions of the version, the project's model_version is set to it (LS refuses a version
+nothing carries yet): the Data Manager's "Prediction score" column averages the scores of that version.
+
+Shards learn: from the second shard on, the confident labels of the finished shards (at most
+`carry_max`, balanced over labels, kept in the job state so a resume sees the same ones) join the
+shard as fixed members of D, in-context examples the search never relabels.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass
 
 from icm_backend.server.model_host import ModelHost
@@ -20,6 +34,13 @@ from icm_backend.labelstudio.config import FIELD_ALIASES, parse_label_config
 from icm_backend.labelstudio.client import LabelStudioUnavailable, client_for
 
 log = logging.getLogger(__name__)
+
+CARRY_MAX = 32  # confident labels of finished shards carried into each later shard as fixed examples
+IMPORT_TRIES = 3
+
+
+class WriteBackFailed(Exception):
+    """Label Studio kept refusing the bulk import: the job fails with LS's reason."""
 
 
 def shard_tasks(tasks: list[dict], size: int) -> list[list[dict]]:
@@ -41,6 +62,31 @@ def shard_tasks(tasks: list[dict], size: int) -> list[list[dict]]:
     return shards
 
 
+def carry_over(previous: list, preds: dict, limit: int, threshold: float) -> list[list]:
+    """[[task id, label word, confidence], ...]: the most confident unflagged labels of the finished shards
+    (previous carry included), at most `limit`, taken in turn from each label so no label crowds out the
+    others (a shard that leans to one label must not teach the next one only that label)."""
+    if limit <= 0:
+        return []
+    pool = {int(t): (lab, float(c)) for t, lab, c in previous}
+    for tid, p in preds.items():
+        if p.result and p.label is not None and not p.flagged and p.score is not None and p.score >= threshold:
+            pool[int(tid)] = (p.label, float(p.score))
+    by_label: dict[str, list[tuple[float, int]]] = {}
+    for tid, (lab, c) in pool.items():
+        by_label.setdefault(lab, []).append((c, tid))
+    for v in by_label.values():
+        v.sort(key=lambda x: (-x[0], x[1]))
+    out, k = [], 0
+    while len(out) < limit and any(k < len(v) for v in by_label.values()):
+        for lab in sorted(by_label):
+            if k < len(by_label[lab]) and len(out) < limit:
+                c, tid = by_label[lab][k]
+                out.append([tid, lab, round(c, 6)])
+        k += 1
+    return out
+
+
 @dataclass
 class ICMJob:
     host: ModelHost
@@ -56,6 +102,7 @@ class ICMJob:
         job, params = ctx.job, ctx.job.params
         project, version = job.project, job.model_version
         spec = parse_label_config(params["label_config"])
+        method = params.get("method", "icm")
         tasks_file = ctx.workdir / "tasks.json"
         if tasks_file.exists():  # resumed: label exactly the task set the job started with
             tasks = json.loads(tasks_file.read_text())
@@ -64,20 +111,24 @@ class ICMJob:
             tmp = tasks_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(tasks))
             tmp.replace(tasks_file)
+        by_id = {t["id"]: t for t in tasks}
         shards = shard_tasks(tasks, int(params.get("shard_size") or self.host.config.shard_size))
         state = dict(job.state)
         done_shards = set(state.get("done_shards", []))
         total = len(tasks)
         done_before = sum(len(s) for k, s in enumerate(shards) if k in done_shards)
         ctx.progress(done_before, total, f"{len(shards)} shard(s), {len(done_shards)} done")
+        # zero-shot reads no context: carrying labels would only add rows to score
+        carry_max = int(params.get("carry_max", CARRY_MAX)) if method != "zero-shot" else 0
+        carry = state.get("carry", [])
         ls = self._ls_or_none(project)
+        run = {"published": False, "known": set()}
         if ls is not None:
-            try:  # populate the Data Manager score column for this version from the first shard on
-                ls.set_project_model_version(project, version)
-            except Exception as exc:
-                log.warning("job %d: cannot set project %s model_version: %s", job.id, project, exc)
-        if job.restarts and ls is not None:
-            self._push(ctx, ls, resumed=True)  # a crash may have hit between labelling and pushing
+            self._settle_unknown(ls, project, version)  # a crash may have hit while a batch was on its way
+            run["known"] = ls.existing_prediction_tasks(project, version)  # never sent again
+            if run["known"]:
+                run["published"] = self._publish(ls, project, version)
+            self._push(ctx, ls, run)  # shards finished before a crash whose predictions never left
         for k, shard in enumerate(shards):
             if k in done_shards:
                 continue
@@ -87,30 +138,45 @@ class ICMJob:
                 frac = (d / t) if t else 0.0
                 ctx.progress(base + int(frac * n), total, f"shard {k + 1}/{len(shards)}: {msg}")
 
-            preds = self.host.label(spec, shard, method=params.get("method", "icm"),
-                                      checkpoint=ctx.workdir / f"shard-{k}.ckpt", progress=progress, version=version)
+            fixed = {int(t): lab for t, lab, _ in carry if int(t) in by_id}
+            preds = self.host.label(spec, shard, method=method, checkpoint=ctx.workdir / f"shard-{k}.ckpt",
+                                    progress=progress, version=version,
+                                    context=[by_id[t] for t in fixed], fixed=fixed)
             failed = {tid: p.reason for tid, p in preds.items() if not p.result}  # one bad task costs only itself
             for tid, reason in list(failed.items())[:20]:
                 log.warning("job %d: task %s not labelled: %s", job.id, tid, reason)
             items = {tid: p.to_ls(version) for tid, p in preds.items()}
             self.predictions.put_predictions(project, version, items, job_id=job.id)
             if ls is not None:
-                self._push(ctx, ls, resumed=False)
+                self._push(ctx, ls, run)
+            carry = carry_over(carry, preds, carry_max, self.host.config.review_threshold)
             done_shards.add(k)
             done_before += len(shard)
             state["done_shards"] = sorted(done_shards)
+            state["carry"] = carry
+            state.setdefault("carried", {})[str(k)] = len(fixed)
             state["flagged"] = state.get("flagged", 0) + sum(p.flagged for p in preds.values())
             state["not_labelled"] = state.get("not_labelled", 0) + len(failed)
-            reasons = {**state.get("not_labelled_tasks", {}), **{str(t): r for t, r in failed.items()}}
-            state["not_labelled_tasks"] = dict(list(reasons.items())[:50])  # the first 50 with their reasons
+            state["not_labelled_tasks"] = {**state.get("not_labelled_tasks", {}),
+                                           **{str(t): r for t, r in list(failed.items())[:50]}}
             ctx.save_state(state)
             ctx.progress(done_before, total, f"shard {k + 1}/{len(shards)} written")
         flagged = state.get("flagged", 0)
-        where = "written to Label Studio" if ls is not None else "kept in the store (Label Studio unreachable)"
         failed = state.get("not_labelled", 0)
         failed_note = f", {failed} not labelled (reasons in the job's state)" if failed else ""
+        if ls is None:
+            where = "kept in the store (Label Studio unreachable)"
+        else:
+            delivered = self.predictions.delivery_counts(project, version).get(PredictionStore.SENT, 0)
+            if delivered and not run["published"]:
+                run["published"] = self._publish(ls, project, version)  # e.g. all came through /predict replies
+            where = "written to Label Studio" + ("" if run["published"] or not delivered else
+                                                 f"; project model_version NOT set to {version} (see the log)")
+            state["model_version_set"] = run["published"]
+            ctx.save_state(state)
         return f"{total - failed} tasks labelled, {flagged} flagged for review{failed_note}, {where}"
 
+    # -- Label Studio ------------------------------------------------------------------------
     def _fetch_tasks(self, project: int, params: dict) -> list[dict]:
         try:
             tasks = self.ls_for(project).project_tasks(project)
@@ -130,20 +196,96 @@ class ICMJob:
             log.warning("project %s: %s; predictions stay in the store and are served by /predict", project, exc)
             return None
 
-    def _push(self, ctx: JobContext, ls, resumed: bool) -> None:
-        project, version = ctx.job.project, ctx.job.model_version
-        pending = self.predictions.unpushed(project, version)
-        if not pending:
+    def _settle_unknown(self, ls, project: int, version: str) -> None:
+        """Batches claimed but never settled (a crash or an error mid-request): LS says which it stored."""
+        sending = self.predictions.in_flight(project, version)
+        if not sending:
             return
-        if resumed:
-            already = ls.existing_prediction_tasks(project, version)
-            self.predictions.mark_pushed(project, version, [t for t in pending if t in already])
-            pending = {t: v for t, v in pending.items() if t not in already}
-        for tid, item in pending.items():
-            if not item.get("result"):
-                continue  # nothing to show; LS would store an empty prediction and skip the task forever
-            ctx.check()
-            ls.create_prediction(tid, item)
-            self.predictions.mark_pushed(project, version, [tid])
-        self.predictions.mark_pushed(project, version, list(pending))
+        present = ls.existing_prediction_tasks(project, version)
+        got = [t for t in sending if t in present]
+        self.predictions.settle(project, version, got, [t for t in sending if t not in present])
+        log.info("project %s: %d of %d predictions in flight at the interruption had reached Label Studio",
+                 project, len(got), len(sending))
 
+    def _push(self, ctx: JobContext, ls, run: dict) -> int:
+        """Bulk-import every undelivered prediction of this version; returns how many went."""
+        project, version = ctx.job.project, ctx.job.model_version
+        sent = 0
+        while True:
+            ctx.check()
+            batch = self._claim(ls, project, version, run)
+            if not batch:
+                return sent
+            t0 = time.monotonic()
+            for attempt in range(1, IMPORT_TRIES + 1):
+                try:
+                    created = ls.import_predictions(project, batch)
+                    break
+                except Exception as exc:
+                    log.warning("job %d: bulk import of %d predictions failed (try %d/%d): %s", ctx.job.id,
+                                len(batch), attempt, IMPORT_TRIES, exc)
+                    self._settle_unknown(ls, project, version)  # did LS store the batch before failing?
+                    if attempt == IMPORT_TRIES:
+                        raise WriteBackFailed(f"writing predictions to Label Studio failed: {exc}") from exc
+                    time.sleep(2 ** attempt)
+                    batch = self._claim(ls, project, version, run)  # what LS did not store is NOT_SENT again
+                    if not batch:
+                        created = 0
+                        break
+            if not batch:
+                continue
+            if created == len(batch):
+                self.predictions.settle(project, version, list(batch), [])
+            else:  # LS skipped some (its log says why): ask which it stored
+                log.warning("job %d: Label Studio created %d of %d predictions", ctx.job.id, created, len(batch))
+                self._settle_unknown(ls, project, version)
+            sent += created
+            log.info("job %d: %d predictions written to Label Studio in %.2fs", ctx.job.id, created,
+                     time.monotonic() - t0)
+            if created and not run["published"]:
+                run["published"] = self._publish(ls, project, version)
+
+    def _claim(self, ls, project: int, version: str, run: dict) -> dict[int, dict]:
+        """The next batch to import; tasks LS held a prediction of this version for at the start are settled
+        as delivered instead (an earlier run or a /predict reply put it there): never sent twice."""
+        while True:
+            batch = self.predictions.claim_for_import(project, version, ls.IMPORT_BATCH)
+            known = [t for t in batch if t in run["known"]]
+            if not known:
+                return batch
+            self.predictions.settle(project, version, known, [])
+            batch = {t: v for t, v in batch.items() if t not in run["known"]}
+            if batch:
+                return batch
+
+    def _publish(self, ls, project: int, version: str) -> bool:
+        """Point the project's model_version (the Data Manager's score column) at `version`; LS accepts it
+        only once predictions of that version exist. Failures are retried after the next batch."""
+        try:
+            if ls.project(project).get("model_version") != version:
+                ls.set_project_model_version(project, version)
+                log.info("project %s: model_version set to %s (Prediction score column)", project, version)
+            return True
+        except Exception as exc:
+            log.warning("project %s: cannot set model_version to %s yet: %s", project, version, exc)
+            return False
+
+    def publish_version_later(self, project: int, version: str, delays=(1, 2, 4, 8, 16)) -> None:
+        """After a /predict reply LS stores its predictions; once it has, set the project's model_version.
+        In the background, a few tries: the reply must leave before LS can store anything."""
+        def run() -> None:
+            try:
+                ls = self.ls_for(project)
+            except LabelStudioUnavailable:
+                return
+            for d in delays:
+                time.sleep(d)
+                try:
+                    if ls.predictions_of(project, version) and self._publish(ls, project, version):
+                        return
+                except Exception as exc:
+                    log.debug("project %s: publish %s: %s", project, version, exc)
+            log.warning("project %s: model_version not set to %s: no prediction of it in Label Studio", project,
+                        version)
+
+        threading.Thread(target=run, name=f"publish-{project}", daemon=True).start()

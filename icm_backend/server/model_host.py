@@ -94,12 +94,19 @@ class ModelHost:
 
     def label(self, spec: ProjectSpec, tasks: list[dict], method: str, checkpoint=None,
               progress: Callable[[int, int, str], None] | None = None,
-              version: str | None = None) -> dict[int, P.TaskPrediction]:
+              version: str | None = None, context: list[dict] | None = None,
+              fixed: dict[int, str] | None = None) -> dict[int, P.TaskPrediction]:
         """One TaskPrediction per task. Exceptions raised by `progress` (cancel, a time budget) and
-        ModelUnavailable propagate; any other engine failure costs only the task(s) that caused it."""
-        rowset = tasks_to_rows(spec, tasks, max_chars=self.config.max_text_chars)
-        if not rowset.rows:
-            return P.build(spec, rowset, [], self.config.review_threshold)
+        ModelUnavailable propagate; any other engine failure costs only the task(s) that caused it.
+
+        context, fixed: tasks labelled earlier (e.g. a job's finished shards) and their engine label words
+        {task id: word}: fixed members of D, used as in-context examples, never relabelled, not returned."""
+        mine = {t["id"] for t in tasks}
+        context = [t for t in (context or []) if t["id"] in (fixed or {}) and t["id"] not in mine]
+        rowset = tasks_to_rows(spec, tasks + context, max_chars=self.config.max_text_chars)
+        fixed_rows = _fixed_rows(spec, rowset, {t["id"]: fixed[t["id"]] for t in context}) if context else {}
+        if not any(tid in mine for tid in rowset.primary):
+            return {t: p for t, p in P.build(spec, rowset, [], self.config.review_threshold).items() if t in mine}
         model = self.model(version)
         raised: list[BaseException] = []
 
@@ -113,16 +120,18 @@ class ModelHost:
         from icm_backend.engine.search import SearchConfig
 
         config = SearchConfig(max_iters=self.config.max_iters, checkpoint_every_s=self.config.checkpoint_every_s)
+        extra = {"fixed": fixed_rows} if fixed_rows else {}
         try:
             preds = list(self.labeler(
                 rowset.rows, task=spec.task, labels=spec.labels if spec.task == "classify" else None, method=method,
                 model=model, seed=self.config.seed, checkpoint=checkpoint, progress=relay if progress else None,
-                config=config, review_threshold=self.config.review_threshold))
+                config=config, review_threshold=self.config.review_threshold, **extra))
         except Exception as exc:
             if raised and exc is raised[-1]:
                 raise
             return self._isolate(spec, tasks, rowset, method, progress, version, exc)
-        return P.build(spec, rowset, preds, self.config.review_threshold)
+        out = P.build(spec, rowset, preds, self.config.review_threshold)
+        return {tid: p for tid, p in out.items() if tid in mine}
 
     def _isolate(self, spec, tasks, rowset, method, progress, version, exc) -> dict[int, P.TaskPrediction]:
         """The engine failed on this batch: label each half on its own until the failing task is alone."""
@@ -140,6 +149,22 @@ class ModelHost:
         for part in (usable[:half], usable[half:]):  # no checkpoint: the file belongs to the whole batch
             out.update(self.label(spec, part, method, progress=progress, version=version))
         return out
+
+
+def _fixed_rows(spec: ProjectSpec, rowset, fixed: dict[int, str]) -> dict[int, str]:
+    """{task id: label word} -> {row index: label word}. A comparison task's second row (the pair swapped)
+    takes the other word: exactly one order of a pair is the better one."""
+    out: dict[int, str] = {}
+    for j, tid in enumerate(rowset.task_ids):
+        if tid not in fixed:
+            continue
+        word = fixed[tid]
+        if rowset.primary.get(tid) != j:
+            if spec.task != "comparison" or word not in ("True", "False"):
+                continue
+            word = "False" if word == "True" else "True"
+        out[j] = word
+    return out
 
 
 def _redact(message: str, model_dir) -> str:

@@ -1,11 +1,12 @@
 """What the HTTP routes call: the backend's state and the /predict decision (store, in-request, or job).
 
-/predict has 100 s on the LS side for the whole selection. Three paths, cheapest first:
+/predict answers within ICM_PREDICT_BUDGET_S (8 s; LS allows 100) whatever the selection's size:
 1. tasks already labelled under the served version come from the SQLite store (milliseconds);
-2. a small remainder (<= ICM_SYNC_MAX_TASKS) is labelled by ICM inside the request;
-3. a large remainder gets fast provisional predictions (zero-shot, version "<v>-provisional", which LS
-   will ask about again) and one background ICM job over the whole project, which writes its
-   predictions into LS under the served version.
+2. a small remainder (<= ICM_SYNC_MAX_TASKS, no job running for the project) is labelled by ICM inside
+   the request if that fits in the budget;
+3. the rest is left to one background ICM job over the whole project, which writes its predictions into
+   LS in bulk under the served version and points the project's score column at that version. Those tasks
+   get no prediction from this reply (never a stand-in: one prediction per task and version).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Backend:
     runner: JobRunner
     events: EventRegistry = field(default_factory=EventRegistry)
     metrics: Metrics = field(default_factory=Metrics)
+    icm: ICMJob | None = None
     _model_slots: threading.BoundedSemaphore | None = None
 
     @classmethod
@@ -72,7 +74,8 @@ class Backend:
                       metrics=Metrics(config.max_metric_series))
         backend._model_slots = threading.BoundedSemaphore(config.max_concurrent_predicts)
         sweep_stale_tmp(config.model_dir)  # trainings killed mid-write leave .tmp-* dirs behind
-        runner.register("icm", ICMJob(backend.host, backend.predictions, backend.projects))
+        backend.icm = ICMJob(backend.host, backend.predictions, backend.projects)
+        runner.register("icm", backend.icm)
         return backend
 
     # -- versions ---------------------------------------------------------------------------
@@ -121,32 +124,38 @@ class Backend:
 
     # -- predict ----------------------------------------------------------------------------
     def predict(self, project: int, spec: ProjectSpec, label_config: str, tasks: list[dict]) -> list[dict]:
+        """One item per task, within ICM_PREDICT_BUDGET_S whatever the selection's size. A task with no
+        prediction yet gets an item without "result": LS stores nothing for it (no empty prediction that
+        looks like an answer) and the job writes the real one; if the job fails, the task stays without one
+        and the failure is in /jobs and the log."""
+        t0 = time.monotonic()
         version = self.model_version(project)
         ids = [t["id"] for t in tasks]
-        items: dict[int, dict] = self.predictions.get_predictions(project, version, ids)
+        # Only what no bulk import is sending: LS stores what this reply carries (exactly once, see the store).
+        items: dict[int, dict] = self.predictions.take_for_reply(project, version, ids)
         self.metrics.inc("icm_predict_tasks_total", len(items), source="store")
         missing = [t for t in tasks if t["id"] not in items]
         pending = "not labelled yet"
-        if missing and not self._model_slots.acquire(blocking=False):
-            # never queue behind the model: a waiting request would hold a server thread /health and /setup need
-            raise Busy(f"predict: {self.config.max_concurrent_predicts} requests are labelling already "
-                       "(ICM_MAX_CONCURRENT_PREDICTS); retry later")
-        try:
-            if missing and len(missing) <= self.config.sync_max_tasks:
-                items.update(self._label_now(project, spec, missing, version))
-            elif missing:
-                try:
-                    job = self.ensure_job(project, label_config, tasks, version)
-                    pending = f"not labelled yet: job {job.id} is labelling the project"
-                    log.info("predict: %d of %d tasks not labelled yet; job %d (%s) runs ICM over project %s",
-                             len(missing), len(tasks), job.id, job.status, project)
-                except QueueFull as exc:
-                    pending = f"not labelled: {exc}"
-                    log.warning("predict: project %s: %s", project, exc)
-                items.update(self._provisional(spec, missing, version))
-        finally:
-            if missing:
+        job = self.jobs.active_job("icm", project, version) if missing else None
+        if missing and job is None and len(missing) <= self.config.sync_max_tasks:
+            if not self._model_slots.acquire(blocking=False):
+                # never queue behind the model: a waiting request would hold a server thread /health and /setup need
+                raise Busy(f"predict: {self.config.max_concurrent_predicts} requests are labelling already "
+                           "(ICM_MAX_CONCURRENT_PREDICTS); retry later")
+            try:
+                items.update(self._label_now(project, spec, missing, version, t0 + self.config.predict_budget_s))
+            finally:
                 self._model_slots.release()
+            missing = [t for t in missing if t["id"] not in items]
+        if missing:  # whatever did not fit in the budget: the job labels the whole project and writes it back
+            try:
+                job = job or self.ensure_job(project, label_config, tasks, version)
+                pending = f"not labelled yet: job {job.id} is labelling the project (GET /jobs/{job.id})"
+                log.info("predict: %d of %d tasks not labelled yet; job %d (%s) runs ICM over project %s",
+                         len(missing), len(tasks), job.id, job.status, project)
+            except QueueFull as exc:
+                pending = f"not labelled: {exc}"
+                log.warning("predict: project %s: %s", project, exc)
         return [items.get(i) or P.empty(i, pending).to_ls(version) for i in ids]
 
     def ensure_job(self, project: int, label_config: str, tasks: list[dict], version: str):
@@ -160,10 +169,21 @@ class Backend:
             self.metrics.inc("icm_jobs_submitted_total", kind="icm")
         return job
 
-    def _label_now(self, project: int, spec: ProjectSpec, tasks: list[dict], version: str) -> dict[int, dict]:
+    def _label_now(self, project: int, spec: ProjectSpec, tasks: list[dict], version: str,
+                   deadline: float) -> dict[int, dict]:
+        """Label a small batch inside the request if it fits before `deadline`; {} if it does not (the job's)."""
         t0 = time.monotonic()
+
+        def guard(done: int, total: int, msg: str = "") -> None:
+            if time.monotonic() > deadline:
+                raise _OverBudget()
+
         try:
-            preds = self.host.label(spec, tasks, method=self.config.method, version=version)
+            preds = self.host.label(spec, tasks, method=self.config.method, version=version, progress=guard)
+        except _OverBudget:
+            log.info("predict: %d tasks did not fit in ICM_PREDICT_BUDGET_S=%.0fs; leaving them to a job",
+                     len(tasks), self.config.predict_budget_s)
+            return {}
         except ModelUnavailable as exc:
             self.metrics.inc("icm_predict_errors_total", len(tasks))
             return {t["id"]: P.empty(t["id"], str(exc)).to_ls(version) for t in tasks}
@@ -172,33 +192,11 @@ class Backend:
             self.metrics.inc("icm_predict_errors_total", len(tasks))
             return {t["id"]: P.empty(t["id"], f"labelling failed: {type(exc).__name__}").to_ls(version) for t in tasks}
         items = {tid: p.to_ls(version) for tid, p in preds.items()}
-        # LS saves what /predict returns, so these count as pushed (a later job must not add duplicates).
-        self.predictions.put_predictions(project, version, {t: v for t, v in items.items() if v.get("result")},
-                                         pushed=True)
+        # LS saves what /predict returns, so these count as delivered (a later job must not add duplicates).
+        labelled = {t: v for t, v in items.items() if v.get("result")}
+        self.predictions.put_predictions(project, version, labelled, pushed=True)
         self.metrics.inc("icm_predict_tasks_total", len(items), source="request")
         log.info("predict: labelled %d tasks in the request in %.1fs", len(tasks), time.monotonic() - t0)
+        if labelled and self.icm is not None:  # LS stores them after this reply: then point the score column at them
+            self.icm.publish_version_later(project, version)
         return items
-
-    def _provisional(self, spec: ProjectSpec, tasks: list[dict], version: str) -> dict[int, dict]:
-        method = self.config.provisional_method
-        if method in ("", "none") or len(tasks) > self.config.provisional_max_tasks:
-            return {}
-        deadline = time.monotonic() + self.config.provisional_budget_s
-
-        def guard(done: int, total: int, msg: str = "") -> None:
-            if time.monotonic() > deadline:
-                raise _OverBudget()
-
-        try:
-            preds = self.host.label(spec, tasks, method=method, progress=guard, version=version)
-        except ModelUnavailable as exc:
-            return {t["id"]: P.empty(t["id"], str(exc)).to_ls(version) for t in tasks}
-        except _OverBudget:
-            log.warning("predict: provisional %s over %.0fs budget; empty results until the job writes them",
-                        method, self.config.provisional_budget_s)
-            return {}
-        except Exception:
-            log.exception("predict: provisional labelling failed; empty results until the job writes them")
-            return {}
-        self.metrics.inc("icm_predict_tasks_total", len(preds), source="provisional")
-        return {tid: p.to_ls(f"{version}-provisional") for tid, p in preds.items()}

@@ -1,0 +1,189 @@
+"""The whole-project job's write-back and shard carry-over, against an in-memory Label Studio stand-in
+(fast unit tests; the real path is tests/test_server_e2e.py and tests/test_label_studio_browser.py).
+
+- bulk import, <= 500 per request; exactly one prediction per task even when a request dies after LS
+  stored the batch (the reply lost) or before it did, and across a restart with a batch in flight;
+- the project's model_version is set once predictions of the version exist (LS refuses it before);
+- /predict never hands LS a prediction a bulk import is sending;
+- from the second shard on, confident labels of finished shards go to the engine as fixed rows.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fake_labeler import fake_label_rows
+from icm_backend.engine.types import Prediction
+from icm_backend.labelstudio.config import parse_label_config
+from icm_backend.labelstudio import results as P
+from icm_backend.server.app import create_app, get_backend
+from icm_backend.server.config import ServerConfig
+from icm_backend.server.icm_job import carry_over
+from icm_backend.server.model_host import ModelHost
+from test_server_protocol import CLASSIFY_XML
+
+VERSION = "icm-smollm2-135m"
+
+
+class FakeLS:
+    """What the job calls on LSClient, over dicts; `fail` scripts import failures."""
+    IMPORT_BATCH = 500
+
+    def __init__(self, task_ids):
+        self.tasks = {t: {"id": t, "data": {"text": f"sentence {t}" + "!" * (t % 7)}} for t in task_ids}
+        self.preds: list[dict] = []
+        self.model_version = ""
+        self.fail: list[str] = []  # per import call: "after" (stored, reply lost), "before" (nothing stored)
+        self.imports: list[int] = []
+        self.patch_refused = 0
+
+    def project_tasks(self, project):
+        return list(self.tasks.values())
+
+    def existing_prediction_tasks(self, project, version):
+        return {p["task"] for p in self.preds if p["model_version"] == version}
+
+    def predictions_of(self, project, version=None):
+        return [p for p in self.preds if version is None or p["model_version"] == version]
+
+    def import_predictions(self, project, items):
+        assert 0 < len(items) <= self.IMPORT_BATCH
+        mode = self.fail.pop(0) if self.fail else ""
+        if mode == "before":
+            raise ConnectionError("LS unreachable")
+        self.preds += [{"task": t, **v} for t, v in items.items()]
+        self.imports.append(len(items))
+        if mode == "after":
+            raise TimeoutError("reply lost")
+        return len(items)
+
+    def project(self, project):
+        return {"id": project, "model_version": self.model_version}
+
+    def set_project_model_version(self, project, version):
+        if not self.existing_prediction_tasks(project, version):  # what LS 1.23.2's serializer does
+            self.patch_refused += 1
+            raise RuntimeError("400 Model version doesn't exist either as live model or as static predictions")
+        self.model_version = version
+
+
+@pytest.fixture
+def make(tmp_path, monkeypatch):
+    monkeypatch.setattr("icm_backend.server.icm_job.time.sleep", lambda s: None)  # retry back-off
+
+    def make(ls: FakeLS, labeler=fake_label_rows, **cfg):
+        config = ServerConfig(model_dir=tmp_path / "model", model_name="smollm2-135m", **cfg)
+        app = create_app(config, host=ModelHost(config, labeler=labeler), start_worker=False)
+        backend = get_backend(app)
+        monkeypatch.setattr(backend.icm, "ls_for", lambda project: ls)
+        return app, backend
+    return make
+
+
+def run_job(backend, project=1, **params):
+    job = backend.runner.submit("icm", project, VERSION, {"label_config": CLASSIFY_XML, **params})
+    assert backend.runner.wait_idle(60)
+    return backend.jobs.get_job(job.id)
+
+
+def one_each(ls: FakeLS):
+    counts = {}
+    for p in ls.preds:
+        counts[p["task"]] = counts.get(p["task"], 0) + 1
+    return sorted(counts) == sorted(ls.tasks) and set(counts.values()) == {1}
+
+
+def test_bulk_write_back_one_prediction_per_task_and_version_set(make):
+    ls = FakeLS(range(1, 1201))
+    app, backend = make(ls, shard_size=600)
+    job = run_job(backend)
+    assert job.status == "done", job.error
+    assert ls.imports == [500, 100, 500, 100]  # bulk, never over LS's atomic batch
+    assert one_each(ls) and all(p["result"] and 0.5 <= p["score"] <= 1 for p in ls.preds)
+    assert ls.model_version == VERSION and ls.patch_refused == 0  # set after the predictions existed
+    assert job.state["model_version_set"] is True
+
+
+@pytest.mark.parametrize("fail", [["after"], ["before"], ["after", "before"]])
+def test_import_that_dies_mid_request_sends_nothing_twice(make, fail):
+    ls = FakeLS(range(1, 41))
+    ls.fail = list(fail)
+    app, backend = make(ls, shard_size=20)
+    job = run_job(backend)
+    assert job.status == "done", job.error
+    assert one_each(ls)
+
+
+def test_import_that_keeps_failing_fails_the_job_with_the_reason(make):
+    ls = FakeLS(range(1, 11))
+    ls.fail = ["before"] * 10
+    app, backend = make(ls)
+    job = run_job(backend)
+    assert job.status == "failed" and "writing predictions to Label Studio failed" in job.error
+    assert ls.preds == [] and ls.model_version == ""  # nothing that looks like success
+    ls.fail = []
+    job2 = run_job(backend)  # the next Retrieve starts another job: it writes everything, once
+    assert job2.status == "done" and one_each(ls)
+
+
+def test_restart_with_a_batch_in_flight_asks_ls(make):
+    ls = FakeLS(range(1, 31))
+    app, backend = make(ls, shard_size=30)
+    store = backend.predictions
+    # a crashed run: labelled and claimed 30, LS stored them, the process died before settling
+    items = {t: {"result": [{"x": 1}], "score": 0.9, "model_version": VERSION} for t in ls.tasks}
+    store.put_predictions(1, VERSION, items)
+    claimed = store.claim_for_import(1, VERSION, 500)
+    ls.import_predictions(1, claimed)
+    assert store.in_flight(1, VERSION)
+    job = run_job(backend)
+    assert job.status == "done" and one_each(ls) and not store.in_flight(1, VERSION)
+
+
+def test_predict_never_carries_what_an_import_is_sending(make):
+    ls = FakeLS(range(1, 5))
+    app, backend = make(ls)
+    items = {t: {"result": [{"x": 1}], "score": 0.9, "model_version": VERSION} for t in (1, 2, 3)}
+    backend.predictions.put_predictions(1, VERSION, items)
+    backend.predictions.claim_for_import(1, VERSION, 1)  # task 1 is on its way to LS
+    got = backend.predictions.take_for_reply(1, VERSION, [1, 2, 3])
+    assert sorted(got) == [2, 3]
+    assert backend.predictions.claim_for_import(1, VERSION, 500) == {}  # 2, 3 went with the reply
+
+
+def test_later_shards_get_confident_labels_of_finished_shards_as_fixed_rows(make):
+    calls = []
+
+    def spy(rows, **kw):
+        calls.append((len(rows), dict(kw.get("fixed") or {})))
+        return fake_label_rows(rows, **kw)
+
+    ls = FakeLS(range(1, 61))
+    app, backend = make(ls, labeler=spy, shard_size=20, review_threshold=0.6)
+    job = run_job(backend, carry_max=8)
+    assert job.status == "done" and one_each(ls)
+    assert calls[0] == (20, {})  # the first shard learns from nothing
+    for n, fixed in calls[1:]:
+        assert n == 20 + len(fixed) and 0 < len(fixed) <= 8
+        assert all(i >= 20 for i in fixed)  # fixed rows come after the shard's own rows
+        assert set(fixed.values()) <= {"Positive", "Negative"}
+    assert job.state["carried"] == {"0": 0, "1": len(calls[1][1]), "2": len(calls[2][1])}
+    # the job wrote only its own shards' tasks: the fixed rows are context, not output
+    assert len(ls.preds) == 60
+
+    job0 = run_job(backend, project=2, carry_max=0)  # carry switched off: every shard alone
+    assert job0.state["carried"] == {"0": 0, "1": 0, "2": 0}
+
+
+def test_carry_over_is_balanced_confident_and_unflagged():
+    spec = parse_label_config(CLASSIFY_XML)
+    preds = {}
+    for t, (label, conf, flagged) in enumerate([("Positive", 0.99, False), ("Positive", 0.95, False),
+                                                ("Positive", 0.9, False), ("Negative", 0.7, False),
+                                                ("Negative", 0.99, True), ("Negative", 0.55, False)]):
+        preds[t] = P.TaskPrediction(task_id=t, result=[{"x": 1}], score=conf, flagged=flagged, label=label)
+    out = carry_over([], preds, limit=4, threshold=0.6)
+    assert [(t, lab) for t, lab, _ in out] == [(3, "Negative"), (0, "Positive"), (1, "Positive"), (2, "Positive")]
+    assert carry_over([], preds, limit=0, threshold=0.6) == []
+    assert spec.labels  # the config parses: labels are the Choice values
+    assert Prediction  # engine type importable here (the LS layer never rescales its confidence)
