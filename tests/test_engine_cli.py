@@ -95,3 +95,26 @@ def test_crash_mid_run_resumes_from_checkpoint(tmp_path, sst2_rows):
     assert "resuming ICM" in r.stderr
     assert len(out.read_text().splitlines()) == len(sst2_rows)
     assert json.loads(ck.read_text())["done"]
+
+
+def test_fixed_column_clamps_rows_and_is_read_only_as_fixed(tmp_path, sst2_rows):
+    # Humans labelled rows 0-3 (column "human"; the others empty); "label" (gold) stays unread.
+    rows = [{"text": r["text"], "label": r["label"], "human": ("positive" if i % 2 else "negative") if i < 4 else ""}
+            for i, r in enumerate(sst2_rows)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    r = cli("label", src, "--task", "classify", "--labels", "negative,positive", "--model", MODEL,
+            "--max-iters", 40, "--fixed-column", "human", "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "4 fixed from column 'human'" in r.stdout
+    preds = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [p["label"] for p in preds[:4]] == ["negative", "positive", "negative", "positive"]
+    assert all(p.get("fixed") and p["confidence"] == 1.0 and not p["flags"] for p in preds[:4])
+    assert not any(p.get("fixed") for p in preds[4:])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**rows[0], "human": "great"}] + rows[1:])
+    r = cli("label", bad, "--task", "classify", "--labels", "negative,positive", "--model", MODEL,
+            "--fixed-column", "human", "--out", tmp_path / "o.jsonl")
+    assert r.returncode == 2 and "fixed: row 0 has label 'great'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("label", src, "--task", "classify", "--labels", "negative,positive", "--model", MODEL,
+            "--fixed-column", "reviewer", "--out", tmp_path / "o.jsonl")
+    assert r.returncode == 2 and "--fixed-column reviewer: no row has that column" in r.stderr

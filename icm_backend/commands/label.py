@@ -11,10 +11,20 @@ from icm_backend.engine.labeler import CLI_METHODS, DEFAULT_REVIEW_THRESHOLD, la
 from icm_backend.engine.model import QUANTIZE_CHOICES
 from icm_backend.engine.search import SearchConfig
 from icm_backend.engine.tasks import PRESETS
+from icm_backend.errors import InputError
 
 
 def parse_labels(text: str | None) -> list[str] | None:
     return [s.strip() for s in text.split(",")] if text else None
+
+
+def fixed_from_column(rows: list[dict], column: str) -> dict[int, str]:
+    """Row index -> the column's value, for rows where it is non-empty (the engine checks the values)."""
+    if not any(column in r for r in rows):
+        have = sorted({k for r in rows[:50] for k in r})
+        raise InputError(f"--fixed-column {column}: no row has that column (columns: {', '.join(have)})")
+    return {i: str(r[column]).strip() for i, r in enumerate(rows)
+            if r.get(column) is not None and str(r[column]).strip() != ""}
 
 
 def add_subcommands(sub) -> None:
@@ -37,12 +47,17 @@ def add_subcommands(sub) -> None:
     p.add_argument("--alpha", type=float, default=SearchConfig.alpha)
     p.add_argument("--review-threshold", type=float, default=DEFAULT_REVIEW_THRESHOLD,
                    help="flag labels whose confidence is below this")
+    p.add_argument("--fixed-column", metavar="COL",
+                   help="a column of human labels: rows with a value there are fixed (always in context, never "
+                        "flipped, returned as given); rows with it empty are labelled. Nothing else reads it.")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     rows = read_rows(args.input)
-    # Only the fields the preset reads reach the engine, so a gold column cannot influence anything.
+    # Only the fields the preset reads reach the engine, so a gold column cannot influence anything;
+    # --fixed-column is read here, once, and reaches the engine only as `fixed=`.
+    fixed = fixed_from_column(rows, args.fixed_column) if args.fixed_column else None
     out = Path(args.out)
     checkpoint = args.checkpoint or str(out) + ".ckpt.json"
     # ICM_CHECKPOINT_EVERY_S: how often the search saves (tests set 0 to crash right after a save).
@@ -51,8 +66,9 @@ def run(args) -> int:
     preds = label_rows(rows, task=args.task, labels=parse_labels(args.labels), method=args.method,
                        model=cli_model(args.model), seed=args.seed,
                        checkpoint=checkpoint if args.method == "icm" else None, config=config,
-                       review_threshold=args.review_threshold, quantize=args.quantize)
+                       review_threshold=args.review_threshold, quantize=args.quantize, fixed=fixed)
     write_predictions(preds, out)
     flagged = sum(1 for p in preds if p.flags)
-    print(f"wrote {len(preds)} labels to {out} ({flagged} flagged for review)")
+    given = f", {len(fixed)} fixed from column {args.fixed_column!r}" if fixed else ""
+    print(f"wrote {len(preds)} labels to {out} ({flagged} flagged for review{given})")
     return 0

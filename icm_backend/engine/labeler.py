@@ -18,7 +18,7 @@ from icm_backend.errors import InputError
 from icm_backend.engine.model import LoadedLM, load_lm
 from icm_backend.engine.objective import calibrate_rows
 from icm_backend.engine.scorer import TransformersScorer
-from icm_backend.engine.search import ICMSearch, SearchConfig
+from icm_backend.engine.search import ICMSearch, SearchConfig, fixed_indices
 from icm_backend.engine.tasks import Problem, build_problem, gold_label
 from icm_backend.engine.types import INCONSISTENT, LOW_CONFIDENCE, Flag, Prediction
 
@@ -42,7 +42,7 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
                model=None, seed: int = 0, checkpoint: str | Path | None = None,
                progress: Callable[[int, int, str], None] | None = None, config: SearchConfig | None = None,
                gold: list | None = None, review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
-               quantize: str = "auto") -> list[Prediction]:
+               quantize: str = "auto", fixed: dict | None = None) -> list[Prediction]:
     """Label `rows` without human labels; one Prediction per row, in input order.
 
     rows: dicts with the fields the `task` preset reads (e.g. {"text": ...} for "classify"; see
@@ -55,6 +55,10 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
     checkpoint: a JSON file the ICM search saves to and resumes from.
     progress: called as progress(done, total, message) during the search.
     config: search settings (alpha, temperatures, iteration cap, context budget).
+    fixed: human labels, {row index: label word} (for classify also a class index; for claims also
+        True/False/1/0). Fixed rows are members of D from the start: always eligible as in-context
+        examples, never proposed or flipped, taken as given by ConsistencyFix, and returned as given
+        (confidence 1, fixed=True, never flagged). Baselines use them too (in context / as given).
 
     ICM maximises U(D) = alpha * P(D) - I(D), with P the sum over examples of log p(y_i | x_i, D - i)
     (mutual predictability) and I the count of logical inconsistencies, by simulated annealing.
@@ -69,27 +73,37 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
     window = getattr(getattr(scorer, "lm", None), "context_window", None)
     log.info("labelling %d rows: task=%s method=%s labels=%s model=%s seed=%d", len(rows), task, method,
              ",".join(problem.label_words), scorer.model_id, seed)
-    labels_out, rows_out = run_method(problem, scorer, method, seed, config, checkpoint, progress, gold, window)
-    return to_predictions(problem, labels_out, rows_out, review_threshold)
+    fixed_idx = fixed_indices(problem, fixed)
+    labels_out, rows_out = run_method(problem, scorer, method, seed, config, checkpoint, progress, gold, window,
+                                      fixed=fixed)
+    return to_predictions(problem, labels_out, rows_out, review_threshold, fixed=fixed_idx)
+
+
+def _clamp(labels: np.ndarray, fixed: dict[int, int] | None) -> np.ndarray:
+    labels = np.array(labels)
+    for i, y in (fixed or {}).items():
+        labels[i] = y
+    return labels
 
 
 def run_method(problem: Problem, scorer, method: str, seed: int, config: SearchConfig, checkpoint=None,
-               progress=None, gold=None, window=None) -> tuple[np.ndarray, np.ndarray]:
-    """(label index per example, final normalised log-prob rows)."""
+               progress=None, gold=None, window=None, fixed: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(label index per example, final normalised log-prob rows). `fixed`: row -> label word, as label_rows."""
     n = len(problem.examples)
     if method == "zero-shot":
         rows = zero_shot_rows(problem, scorer)
-        return rows.argmax(1), rows
-    search = ICMSearch(problem, scorer, config, seed, checkpoint, method, max_window=window)
+        return _clamp(rows.argmax(1), fixed_indices(problem, fixed)), rows
+    search = ICMSearch(problem, scorer, config, seed, checkpoint, method, max_window=window, fixed=fixed)
+    fixed = search.fixed  # row -> label index
     rng = np.random.default_rng(seed + 7919)
     if method == "icm":
         state = search.run(progress)
         labels = np.array(state.labels)
         return labels, search.final_rows(labels)
     if method == "random-fewshot":
-        context = rng.integers(0, len(problem.label_words), size=n)
+        context = _clamp(rng.integers(0, len(problem.label_words), size=n), fixed)
         rows = search.final_rows(context)
-        return rows.argmax(1), rows
+        return _clamp(rows.argmax(1), fixed), rows
     if method == "gold-fewshot":
         if gold is None:
             raise InputError("--method gold-fewshot needs gold labels (evaluation only)")
@@ -100,7 +114,7 @@ def run_method(problem: Problem, scorer, method: str, seed: int, config: SearchC
         rows = search.final_rows(gold_idx)
         return rows.argmax(1), rows
     if method == "bootstrap":
-        return bootstrap(problem, scorer, search, rounds=2)
+        return bootstrap(problem, scorer, search, rounds=2, fixed=fixed)
     raise AssertionError(method)
 
 
@@ -109,24 +123,30 @@ def zero_shot_rows(problem: Problem, scorer) -> np.ndarray:
     return calibrate_rows(rows, np.zeros(len(rows), dtype=int)) if problem.multiclass else rows
 
 
-def bootstrap(problem: Problem, scorer, search: ICMSearch, rounds: int = 2):
+def bootstrap(problem: Problem, scorer, search: ICMSearch, rounds: int = 2, fixed: dict[int, int] | None = None):
     """Zero-shot labels, then relabel each example in the context of the others' labels, then repair
-    each inconsistent pair greedily with its most likely consistent joint labelling. No annealing."""
+    each inconsistent pair greedily with its most likely consistent joint labelling. No annealing.
+    Fixed (human) labels stay as given throughout."""
+    fixed = fixed or {}
     rows = zero_shot_rows(problem, scorer)
-    labels = rows.argmax(1)
+    labels = _clamp(rows.argmax(1), fixed)
     for _ in range(rounds):
         rows = search.final_rows(labels)
-        labels = rows.argmax(1)
+        labels = _clamp(rows.argmax(1), fixed)
     cons = search.consistency
     for i, j in cons.violations(labels):
         if not cons.pair_ok(cons.relation(i, j), labels[i], labels[j]):
-            a, b = max(cons.consistent_options(i, j), key=lambda ab: rows[i, ab[0]] + rows[j, ab[1]])
+            options = [(a, b) for a, b in cons.consistent_options(i, j)
+                       if fixed.get(i, a) == a and fixed.get(j, b) == b]
+            if not options:
+                continue  # two human labels that conflict: left as given (and flagged)
+            a, b = max(options, key=lambda ab: rows[i, ab[0]] + rows[j, ab[1]])
             labels[i], labels[j] = a, b
     return labels, rows
 
 
 def to_predictions(problem: Problem, labels: np.ndarray, rows: np.ndarray,
-                   review_threshold: float) -> list[Prediction]:
+                   review_threshold: float, fixed: dict[int, int] | None = None) -> list[Prediction]:
     probs = np.exp(rows)
     probs /= probs.sum(axis=1, keepdims=True)
     cons = Consistency(problem)
@@ -135,8 +155,12 @@ def to_predictions(problem: Problem, labels: np.ndarray, rows: np.ndarray,
         conflicts.setdefault(i, []).append(j)
         conflicts.setdefault(j, []).append(i)
     preds = []
+    fixed = fixed or {}
     for ex in problem.examples:
         i = ex.index
+        if i in fixed:
+            preds.append(Prediction(index=i, label=problem.label_words[fixed[i]], confidence=1.0, fixed=True))
+            continue
         y = int(labels[i])
         conf = float(probs[i, y])
         flags = []

@@ -23,7 +23,7 @@ from icm_backend.engine.consistency import UNLABELLED, Consistency
 from icm_backend.engine.context import ContextPlan, ScoreCache
 from icm_backend.errors import InputError
 from icm_backend.engine.objective import Objective, calibrate_rows
-from icm_backend.engine.tasks import Problem
+from icm_backend.engine.tasks import Problem, gold_label
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,14 @@ class SearchState:
     reference_tokens_same_context: float = 0.0  # the same, with contexts capped at our token budget
 
 
-def run_fingerprint(problem: Problem, scorer_id: str, method: str, seed: int, config: SearchConfig) -> str:
+def run_fingerprint(problem: Problem, scorer_id: str, method: str, seed: int, config: SearchConfig,
+                    fixed: dict[int, int] | None = None) -> str:
     h = hashlib.sha256()
     # Budgets and checkpoint cadence may change between a crash and the resume; nothing else may.
     settings = {k: v for k, v in asdict(config).items() if k not in ("max_iters", "patience", "checkpoint_every_s")}
     h.update(json.dumps([problem.task, problem.label_words, method, seed, scorer_id, settings]).encode())
+    if fixed:  # human labels are part of the run: other labels, other search
+        h.update(json.dumps(sorted(fixed.items())).encode())
     for ex in problem.examples:
         h.update(ex.prompt.encode())
         h.update(f"|{ex.group}|{ex.key}|{ex.partner}\n".encode())
@@ -102,13 +105,40 @@ class Checkpoint:
         os.replace(tmp, self.path)
 
 
+def fixed_indices(problem: Problem, fixed: dict | None) -> dict[int, int]:
+    """Row index -> label word (or an index into the label words) => row index -> label index.
+
+    Fixed rows are human labels (accepted predictions or annotations): members of D from the start,
+    never proposed or flipped, and taken as given by ConsistencyFix. Bad input names the row.
+    """
+    out: dict[int, int] = {}
+    n = len(problem.examples)
+    for key, value in (fixed or {}).items():
+        try:
+            i = int(key)
+        except (TypeError, ValueError):
+            raise InputError(f"fixed: row {key!r} is not a row index") from None
+        if not 0 <= i < n:
+            raise InputError(f"fixed: row {i} is outside the input (0..{n - 1})")
+        word = gold_label(value if not isinstance(value, np.integer) else int(value), problem)
+        if word is None:
+            raise InputError(f"fixed: row {i} has label {value!r}, not one of {problem.label_words}")
+        out[i] = problem.label_words.index(word)
+    return out
+
+
 class ICMSearch:
     def __init__(self, problem: Problem, scorer, config: SearchConfig | None = None, seed: int = 0,
-                 checkpoint: str | Path | None = None, method: str = "icm", max_window: int | None = None):
+                 checkpoint: str | Path | None = None, method: str = "icm", max_window: int | None = None,
+                 fixed: dict | None = None):
         self.problem = problem
         self.config = config or SearchConfig()
         self.seed = seed
         self.n = len(problem.examples)
+        self.fixed = fixed_indices(problem, fixed)  # row -> label index; never changed by the search
+        self.fixed_mask = np.zeros(self.n, dtype=bool)
+        self.fixed_mask[list(self.fixed)] = True
+        self.n_free = self.n - len(self.fixed)
         self.rng = np.random.default_rng(seed)
         self.plan = ContextPlan(problem, scorer, np.random.default_rng(seed), self.config.context_tokens,
                                 self.config.fold_size, max_window)
@@ -116,9 +146,9 @@ class ICMSearch:
         self.consistency = Consistency(problem)
         self.objective = Objective(self.cache, self.consistency, self.config.alpha, calibrate=problem.multiclass)
         self.checkpoint = Checkpoint(checkpoint)
-        self.fingerprint = run_fingerprint(problem, scorer.model_id, method, seed, self.config)
-        self.max_iters = self.config.max_iters or 20 * self.n
-        self.patience = self.config.patience or self.n
+        self.fingerprint = run_fingerprint(problem, scorer.model_id, method, seed, self.config, self.fixed)
+        self.max_iters = self.config.max_iters or 20 * max(self.n_free, 1)
+        self.patience = self.config.patience or max(self.n_free, 1)
 
     # -- pieces of Algorithm 1 ---------------------------------------------------------------------
     def temperature(self, n: int) -> float:
@@ -127,6 +157,7 @@ class ICMSearch:
 
     def sample(self, labels: np.ndarray) -> int:
         weights = np.ones(self.n)
+        weights[self.fixed_mask] = 0.0  # human labels are never proposed
         unlabelled = labels == UNLABELLED
         if unlabelled.any() and (~unlabelled).any():
             for i in np.flatnonzero(unlabelled):
@@ -158,6 +189,8 @@ class ICMSearch:
             tried.add((i, j))
             best, best_u = None, utility
             for a, b in self.consistency.consistent_options(i, j):
+                if self.fixed.get(i, a) != a or self.fixed.get(j, b) != b:
+                    continue  # a fixed (human) label is taken as given
                 cand = labels.copy()
                 cand[i], cand[j] = a, b
                 u = self.objective(cand)
@@ -170,10 +203,19 @@ class ICMSearch:
     # -- the loop ------------------------------------------------------------------------------
     def initial_state(self) -> SearchState:
         labels = np.full(self.n, UNLABELLED)
-        k = min(self.config.init_k, self.n)
-        chosen = self.rng.choice(self.n, size=k, replace=False)
+        if self.fixed:
+            # Human labels enter D first, so they lead every context; K random labels among the rest.
+            order = [int(i) for i in self.rng.permutation(sorted(self.fixed))]
+            labels[order] = [self.fixed[i] for i in order]
+            free = np.flatnonzero(~self.fixed_mask)
+            k = min(self.config.init_k, len(free))
+            chosen = self.rng.choice(free, size=k, replace=False) if k else np.zeros(0, dtype=int)
+        else:
+            order = []
+            k = min(self.config.init_k, self.n)
+            chosen = self.rng.choice(self.n, size=k, replace=False)
         labels[chosen] = self.rng.integers(0, len(self.problem.label_words), size=k)
-        self.plan.label_order = [int(i) for i in chosen]
+        self.plan.label_order = order + [int(i) for i in chosen]
         labels, _ = self.consistency_fix(labels)
         return SearchState(labels=labels.tolist(), fingerprint=self.fingerprint, label_order=self.plan.label_order)
 
@@ -193,7 +235,7 @@ class ICMSearch:
         last_save = time.monotonic()
         bar = tqdm(total=self.max_iters, initial=state.iteration, desc="ICM", unit="it", leave=False,
                    disable=None)
-        while state.iteration < self.max_iters:
+        while state.iteration < self.max_iters and self.n_free > 0:
             n_labelled = int((labels != UNLABELLED).sum())
             if n_labelled == self.n and state.iteration - state.sweep_start >= self.patience:
                 if state.sweeps > 0 and state.since_change >= state.iteration - state.sweep_start:
@@ -265,9 +307,21 @@ class ICMSearch:
         state.sweeps += 1
         state.sweep_start = state.iteration
         state.since_change = 0
-        self.plan.label_order = [int(i) for i in self.rng.permutation(self.n)]
+        self.plan.label_order = self.context_order(self.rng)
         log.info("ICM sweep %d at iteration %d: new in-context sample of the labelled set", state.sweeps,
                  state.iteration)
+
+    def context_order(self, rng: np.random.Generator) -> list[int]:
+        """A fresh random order of D for the contexts. With human labels, they and the search's labels
+        alternate (human first), so a context holds both whenever both exist."""
+        if not self.fixed:
+            return [int(i) for i in rng.permutation(self.n)]
+        fixed = [int(i) for i in rng.permutation(sorted(self.fixed))]
+        free = [int(i) for i in rng.permutation(np.flatnonzero(~self.fixed_mask))]
+        out = []
+        for k in range(max(len(fixed), len(free))):
+            out += fixed[k:k + 1] + free[k:k + 1]
+        return out
 
     def _count_reference_cost(self, state: SearchState, labels: np.ndarray) -> None:
         labelled = labels != UNLABELLED

@@ -34,7 +34,11 @@ class Prediction:
     label: str
     confidence: float  # probability the model gives `label`, normalised over the label set
     flags: list[Flag] = field(default_factory=list)
+    fixed: bool = False  # a human label passed in (`fixed=`): returned as given, confidence 1
 
     def to_json(self) -> dict:
-        return {"index": self.index, "label": self.label, "confidence": self.confidence,
-                "flags": [f.to_json() for f in self.flags]}
+        out = {"index": self.index, "label": self.label, "confidence": self.confidence,
+               "flags": [f.to_json() for f in self.flags]}
+        if self.fixed:
+            out["fixed"] = True
+        return out
