@@ -479,7 +479,8 @@ def test_setup_never_waits_behind_model_bound_predicts(make_app, monkeypatch):
 # -- 5. one bad task spoils nothing ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad,reason", [("a\ud800b", "not valid Unicode"), ("x" * 200_000, "too long"),
-                                        ("POISON pill", "labelling failed: TypeError")])
+                                        ("POISON pill", "labelling failed: TypeError")],
+                         ids=["lone-surrogate", "200KB-text", "engine-TypeError"])
 def test_one_bad_task_costs_only_itself(make_app, bad, reason):
     c = make_app(sync_max_tasks=50).test_client()
     batch = tasks(9, t5=bad)
