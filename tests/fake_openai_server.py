@@ -133,7 +133,7 @@ class FakeOpenAI:
                 entries = [None]
                 for pos in range(1, len(ids)):
                     t = ids[pos]
-                    entries.append({str(t): {"logprob": float(next_token_logprobs(ids[:pos])[t]), "rank": 1}})
+                    entries.append({str(t): {"logprob": float(next_token_logprobs(ids[:pos])[t % VOCAB]), "rank": 1}})
                 choice["prompt_logprobs"] = entries
             choices.append(choice)
         n_tokens = sum(len(p) for p in body["prompt"])

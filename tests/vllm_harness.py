@@ -53,6 +53,7 @@ class VLLMServer:
     log_path: Path
     python: Path
     port: int
+    dtype: str = "bfloat16"
     extra_args: list[str] = field(default_factory=list)
     process: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -62,13 +63,13 @@ class VLLMServer:
 
     @classmethod
     def start(cls, model_dir: Path, served_name: str, log_dir: Path, python: Path | None = None,
-              port: int | None = None, extra_args: list[str] | None = None) -> "VLLMServer":
+              port: int | None = None, extra_args: list[str] | None = None, dtype: str = "bfloat16") -> "VLLMServer":
         python = python or find_vllm_python()
         if python is None:
             raise FileNotFoundError("vLLM venv not found (run `make vllm-venv` or set ICM_VLLM_PYTHON)")
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
-        server = cls(Path(model_dir), served_name, log_dir / "vllm.log", Path(python), port or free_port(),
+        server = cls(Path(model_dir), served_name, log_dir / "vllm.log", Path(python), port or free_port(), dtype,
                      list(extra_args or []))
         server.start_again()
         return server
@@ -80,7 +81,7 @@ class VLLMServer:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [str(self.python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
-             "--served-model-name", self.served_name, "--max-model-len", "2048", "--dtype", "bfloat16",
+             "--served-model-name", self.served_name, "--max-model-len", "2048", "--dtype", self.dtype,
              "--host", "127.0.0.1", "--port", str(self.port), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:

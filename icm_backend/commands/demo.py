@@ -13,6 +13,7 @@ from icm_backend.engine.io import read_rows
 from icm_backend.engine.labeler import label_rows
 from icm_backend.engine.model import load_lm
 from icm_backend.engine.tasks import build_problem
+from icm_backend.commands.server_args import add_server_args, remote_scorer
 
 SAMPLE = "sst2_sample.tsv"
 LABELS = ["negative", "positive"]
@@ -22,6 +23,7 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("demo", help="ICM vs baselines on a bundled 64-sentence SST-2 sample")
     p.add_argument("--model", help="default: the embedded gemma3-270m")
     p.add_argument("--seed", type=int, default=0)
+    add_server_args(p)
     p.set_defaults(func=run)
 
 
@@ -31,10 +33,14 @@ def run(args) -> int:
     # The engine sees only the text; gold stays here for scoring.
     inputs = [{"text": r["text"]} for r in rows]
     gold = [r["label"] for r in rows]
-    lm = load_lm(cli_model(args.model))
+    lm = remote_scorer(args)
+    if lm is not None:
+        where = f"model {lm.model} on the model server {lm.base_url}"
+    else:
+        lm = load_lm(cli_model(args.model))
+        where = f"model {lm.name} ({'4-bit NF4' if lm.quantization == 'nf4' else 'bf16'} on {lm.device})"
     problem = build_problem(inputs, "classify", LABELS)
-    print(f"SST-2 sample: {len(rows)} sentences, model {lm.name} ({'4-bit NF4' if lm.quantization == 'nf4' else 'bf16'} "
-          f"on {lm.device}), seed {args.seed}\n")
+    print(f"SST-2 sample: {len(rows)} sentences, {where}, seed {args.seed}\n")
     print(f"{'method':16} {'accuracy':>8} {'ECE':>6} {'positive':>8} {'time':>7}")
     for method in ("zero-shot", "random-fewshot", "bootstrap", "icm", "gold-fewshot"):
         t0 = time.time()

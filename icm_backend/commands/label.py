@@ -11,6 +11,7 @@ from icm_backend.engine.labeler import CLI_METHODS, DEFAULT_REVIEW_THRESHOLD, la
 from icm_backend.engine.model import QUANTIZE_CHOICES
 from icm_backend.engine.search import SearchConfig
 from icm_backend.engine.tasks import PRESETS
+from icm_backend.commands.server_args import add_server_args, remote_scorer
 from icm_backend.errors import InputError
 
 
@@ -50,6 +51,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--fixed-column", metavar="COL",
                    help="a column of human labels: rows with a value there are fixed (always in context, never "
                         "flipped, returned as given); rows with it empty are labelled. Nothing else reads it.")
+    add_server_args(p)
     p.set_defaults(func=run)
 
 
@@ -64,7 +66,7 @@ def run(args) -> int:
     config = SearchConfig(alpha=args.alpha, max_iters=args.max_iters, context_tokens=args.context_tokens,
                           checkpoint_every_s=float(os.environ.get("ICM_CHECKPOINT_EVERY_S", "20")))
     preds = label_rows(rows, task=args.task, labels=parse_labels(args.labels), method=args.method,
-                       model=cli_model(args.model), seed=args.seed,
+                       model=remote_scorer(args) or cli_model(args.model), seed=args.seed,
                        checkpoint=checkpoint if args.method == "icm" else None, config=config,
                        review_threshold=args.review_threshold, quantize=args.quantize, fixed=fixed)
     write_predictions(preds, out)

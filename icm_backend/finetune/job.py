@@ -68,6 +68,17 @@ def fetch_tasks(url: str, key: str, project: int) -> list[dict]:
     return client_for(url, key).tasks_with_labels(project)
 
 
+def refuse_remote_training(config) -> None:
+    """Scoring on a model server (ICM_SERVER_URL) leaves no local weights to train: say so, and how."""
+    url = getattr(config, "server_url", None)
+    if url:
+        raise InputError(
+            f"fine-tuning needs local weights, and this backend scores on the model server {url} "
+            f"(model {config.model_name}). Train on a backend whose ICM_MODEL is a local copy of the same base "
+            "weights (no ICM_SERVER_URL), then serve the new version's LoRA adapter (MODEL_DIR/versions/<version>) "
+            "with vLLM (--enable-lora --lora-modules <version>=<dir>) and set ICM_MODEL=<version>, ICM_TOKENIZER=<base>")
+
+
 class TrainJob:
     """handler(JobContext) -> final message. Registered as job kind "train"."""
 
@@ -100,6 +111,7 @@ class TrainJob:
 
     def _train(self, ctx, parse_label_config) -> str:
         job, project = ctx.job, ctx.job.project
+        refuse_remote_training(self.backend.config)
         settings = TrainSettings.from_env()
         url, key = self.ls_credentials(project)
         ctx.progress(0, settings.max_steps, "fetching annotations from Label Studio")

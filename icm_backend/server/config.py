@@ -29,6 +29,11 @@ class ServerConfig:
     webhook_secret: str | None = None
     model_name: str | None = None  # ICM_MODEL; None -> the default model
     model_version_pin: str | None = None  # ICM_MODEL_VERSION: serve this version (or "base"); LS extra params win
+    # -- a model server instead of the in-process model (ICM_SERVER_URL; ICM_MODEL = the served name) ----
+    server_url: str | None = None  # ICM_SERVER_URL: OpenAI-compatible base URL, e.g. http://vllm:8000/v1
+    server_api_key: str | None = field(default=None, repr=False)  # ICM_SERVER_API_KEY, else OPENAI_API_KEY
+    server_tokenizer: str | None = None  # ICM_TOKENIZER: local tokenizer of the served model (default ICM_MODEL)
+    server_retry_s: float = 300.0  # ICM_SERVER_RETRY_S: how long a job waits for a model server that is down
     method: str = "icm"  # what jobs and small in-request batches run
     sync_max_tasks: int = 16  # batches up to this size are labelled by ICM inside the request (within the budget)
     predict_budget_s: float = 8.0  # ICM_PREDICT_BUDGET_S: /predict answers within this; the rest is the job's
@@ -71,6 +76,11 @@ class ServerConfig:
         user, pw = env.get("BASIC_AUTH_USER") or None, env.get("BASIC_AUTH_PASS") or None
         # None -> a random secret kept in MODEL_DIR/webhook_secret (0600), made on first start with auth on
         secret = env.get("WEBHOOK_SECRET") or None
+        server_url = env.get("ICM_SERVER_URL") or None
+        if server_url and not server_url.startswith(("http://", "https://")):
+            raise InputError(f"ICM_SERVER_URL={server_url!r}: expected a base URL like http://vllm:8000/v1")
+        if server_url and not env.get("ICM_MODEL"):
+            raise InputError("ICM_SERVER_URL is set: ICM_MODEL must name the model the server serves")
         threshold = _float(env, "ICM_REVIEW_THRESHOLD", 0.6)
         if not 0.0 <= threshold <= 1.0:
             raise InputError(f"ICM_REVIEW_THRESHOLD={threshold}: expected a number in [0, 1]")
@@ -81,6 +91,10 @@ class ServerConfig:
             basic_auth_user=user, basic_auth_pass=pw, webhook_secret=secret,
             model_name=env.get("ICM_MODEL") or None,
             model_version_pin=env.get("ICM_MODEL_VERSION") or None,
+            server_url=server_url,
+            server_api_key=env.get("ICM_SERVER_API_KEY") or env.get("OPENAI_API_KEY") or None,
+            server_tokenizer=env.get("ICM_TOKENIZER") or None,
+            server_retry_s=_float(env, "ICM_SERVER_RETRY_S", 300.0),
             method=method,
             sync_max_tasks=_int(env, "ICM_SYNC_MAX_TASKS", 16),
             predict_budget_s=_float(env, "ICM_PREDICT_BUDGET_S", 8.0),

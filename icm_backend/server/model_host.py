@@ -47,13 +47,30 @@ def _default_loader(name: str):
     return load_lm(name)
 
 
+def remote_loader(config: ServerConfig) -> Callable[[str], object]:
+    """ICM_SERVER_URL set: the "model" is a RemoteScorer on that server (ICM_MODEL = the served name).
+    Building it checks the server (model list, tokenizer) and waits up to ICM_SERVER_RETRY_S for it."""
+
+    def load(path: str):
+        from icm_backend.engine.remote import RemoteScorer
+
+        if path != config.base_model:
+            log.warning("fine-tuned version %s is not served by the model server; scoring on %s at %s",
+                        path, config.base_model, config.server_url)
+        return RemoteScorer(config.server_url, config.base_model, tokenizer=config.server_tokenizer or config.base_model,
+                            api_key=config.server_api_key, retry_s=config.server_retry_s)
+
+    return load
+
+
 class ModelHost:
     def __init__(self, config: ServerConfig, labeler: LabelFn | None = None,
                  loader: Callable[[str], object] | None = None):
         self.config = config
         self._labeler = labeler
         # A labeler given by the caller (a test fake) gets the model's name, not a loaded model.
-        self._loader = loader or (_default_loader if labeler is None else (lambda name: name))
+        default = remote_loader(config) if config.server_url else _default_loader
+        self._loader = loader or (default if labeler is None else (lambda name: name))
         self._lm = None
         self._lm_path: str | None = None
         self._lock = threading.Lock()
@@ -108,6 +125,8 @@ class ModelHost:
         if not any(tid in mine for tid in rowset.primary):
             return {t: p for t, p in P.build(spec, rowset, [], self.config.review_threshold).items() if t in mine}
         model = self.model(version)
+        if hasattr(model, "fork"):  # a remote scorer: this call's own label set, shared connection
+            model = model.fork()
         raised: list[BaseException] = []
 
         def relay(*args) -> None:
@@ -129,6 +148,8 @@ class ModelHost:
         except Exception as exc:
             if raised and exc is raised[-1]:
                 raise
+            if _is_model_server_error(exc):  # no task is at fault: the job fails with the reason
+                raise ModelUnavailable(str(exc)) from exc
             return self._isolate(spec, tasks, rowset, method, progress, version, exc)
         out = P.build(spec, rowset, preds, self.config.review_threshold)
         return {tid: p for tid, p in out.items() if tid in mine}
@@ -149,6 +170,12 @@ class ModelHost:
         for part in (usable[:half], usable[half:]):  # no checkpoint: the file belongs to the whole batch
             out.update(self.label(spec, part, method, progress=progress, version=version))
         return out
+
+
+def _is_model_server_error(exc: BaseException) -> bool:
+    from icm_backend.engine.remote import ModelServerError
+
+    return isinstance(exc, ModelServerError)
 
 
 def _accepts_fixed(fn) -> bool:
