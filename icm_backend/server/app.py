@@ -97,6 +97,10 @@ def _text(value, field: str, max_chars: int | None = None) -> str | None:
         raise BadRequest(f"{field}: expected a string, got a {type(value).__name__}")
     if max_chars is not None and len(value) > max_chars:
         raise BadRequest(f"{field}: {len(value)} characters; at most {max_chars}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadRequest(f"{field}: not valid Unicode (lone surrogate at character {exc.start})") from None
     return value
 
 
