@@ -7,7 +7,7 @@ from pathlib import Path
 
 from icm_backend.versions import cli_model
 from icm_backend.engine.io import read_rows, write_predictions
-from icm_backend.engine.labeler import CLI_METHODS, DEFAULT_REVIEW_THRESHOLD, label_rows
+from icm_backend.engine.labeler import CLI_METHODS, DEFAULT_REVIEW_FRACTION, DEFAULT_REVIEW_THRESHOLD, label_rows
 from icm_backend.engine.model import QUANTIZE_CHOICES
 from icm_backend.engine.search import SearchConfig
 from icm_backend.engine.tasks import PRESETS
@@ -47,7 +47,9 @@ def add_subcommands(sub) -> None:
                    help="token budget of the in-context examples")
     p.add_argument("--alpha", type=float, default=SearchConfig.alpha)
     p.add_argument("--review-threshold", type=float, default=DEFAULT_REVIEW_THRESHOLD,
-                   help="flag labels whose confidence is below this")
+                   help="flag labels whose (calibrated) confidence is below this; wins over --review-fraction")
+    p.add_argument("--review-fraction", type=float, default=DEFAULT_REVIEW_FRACTION,
+                   help="flag this share of the labels, least confident first (default 0.2)")
     p.add_argument("--fixed-column", metavar="COL",
                    help="a column of human labels: rows with a value there are fixed (always in context, never "
                         "flipped, returned as given); rows with it empty are labelled. Nothing else reads it.")
@@ -68,9 +70,12 @@ def run(args) -> int:
     preds = label_rows(rows, task=args.task, labels=parse_labels(args.labels), method=args.method,
                        model=remote_scorer(args) or cli_model(args.model), seed=args.seed,
                        checkpoint=checkpoint if args.method == "icm" else None, config=config,
-                       review_threshold=args.review_threshold, quantize=args.quantize, fixed=fixed)
+                       review_threshold=args.review_threshold, quantize=args.quantize, fixed=fixed,
+                       review_fraction=args.review_fraction)
     write_predictions(preds, out)
     flagged = sum(1 for p in preds if p.flags)
     given = f", {len(fixed)} fixed from column {args.fixed_column!r}" if fixed else ""
     print(f"wrote {len(preds)} labels to {out} ({flagged} flagged for review{given})")
+    if getattr(preds, "assessment", None) is not None:
+        print(f"labelling: {preds.assessment.summary()}")
     return 0

@@ -20,13 +20,15 @@ from icm_backend.engine.objective import calibrate_rows
 from icm_backend.engine.scorer import TransformersScorer
 from icm_backend.engine.search import ICMSearch, SearchConfig, fixed_indices
 from icm_backend.engine.tasks import Problem, build_problem, gold_label
-from icm_backend.engine.types import INCONSISTENT, LOW_CONFIDENCE, Flag, Prediction
+from icm_backend.engine.calibration import ReviewConfig, assess
+from icm_backend.engine.types import INCONSISTENT, LOW_CONFIDENCE, Flag, Labelling, Prediction
 
 log = logging.getLogger(__name__)
 
 METHODS = ("icm", "zero-shot", "random-fewshot", "bootstrap", "gold-fewshot")
 CLI_METHODS = METHODS[:4]  # gold few-shot needs gold labels: evaluation only
-DEFAULT_REVIEW_THRESHOLD = 0.6
+DEFAULT_REVIEW_THRESHOLD = None  # no threshold: flag by the review budget (DEFAULT_REVIEW_FRACTION) instead
+DEFAULT_REVIEW_FRACTION = 0.2
 
 
 def make_scorer(model, label_words: list[str], quantize: str = "auto"):
@@ -41,8 +43,10 @@ def make_scorer(model, label_words: list[str], quantize: str = "auto"):
 def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, method: str = "icm",
                model=None, seed: int = 0, checkpoint: str | Path | None = None,
                progress: Callable[[int, int, str], None] | None = None, config: SearchConfig | None = None,
-               gold: list | None = None, review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
-               quantize: str = "auto", fixed: dict | None = None) -> list[Prediction]:
+               gold: list | None = None, review_threshold: float | None = DEFAULT_REVIEW_THRESHOLD,
+               quantize: str = "auto", fixed: dict | None = None,
+               review_fraction: float | None = DEFAULT_REVIEW_FRACTION,
+               review: ReviewConfig | None = None) -> Labelling:
     """Label `rows` without human labels; one Prediction per row, in input order.
 
     rows: dicts with the fields the `task` preset reads (e.g. {"text": ...} for "classify"; see
@@ -60,10 +64,18 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
         examples, never proposed or flipped, taken as given by ConsistencyFix, and returned as given
         (confidence 1, fixed=True, never flagged). Baselines use them too (in context / as given).
 
+    review_threshold / review_fraction: which rows get a low-confidence flag: those under the
+        threshold if one is given, else that share of the rows, least confident first. `review` (a
+        ReviewConfig) sets these and the calibration settings at once and wins over both.
+
     ICM maximises U(D) = alpha * P(D) - I(D), with P the sum over examples of log p(y_i | x_i, D - i)
     (mutual predictability) and I the count of logical inconsistencies, by simulated annealing.
-    A Prediction's confidence is the probability of its label under the same scores that chose it;
-    its flags name consistency violations (with the other rows) and confidences under review_threshold.
+    The result is then calibrated (engine.calibration.assess): a Prediction's label is the most likely
+    one under the calibrated scores (consistency rules applied jointly), its confidence is that label's
+    probability (>= 1/K), and its flags name consistency violations, low confidence (review budget or
+    threshold), and a labelling judged unreliable. The returned list's `.assessment` holds the
+    project-level facts (temperature and what it was fitted on, estimated accuracy, label share vs
+    calibrated marginal, reliability and why).
     """
     if method not in METHODS:
         raise InputError(f"--method {method}: choose one of {', '.join(CLI_METHODS)}")
@@ -73,10 +85,24 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
     window = getattr(getattr(scorer, "lm", None), "context_window", None)
     log.info("labelling %d rows: task=%s method=%s labels=%s model=%s seed=%d", len(rows), task, method,
              ",".join(problem.label_words), scorer.model_id, seed)
+    if review is None:
+        review = ReviewConfig(fraction=review_fraction, threshold=review_threshold)
     fixed_idx = fixed_indices(problem, fixed)
+    holder: dict = {}
     labels_out, rows_out = run_method(problem, scorer, method, seed, config, checkpoint, progress, gold, window,
-                                      fixed=fixed)
-    return to_predictions(problem, labels_out, rows_out, review_threshold, fixed=fixed_idx)
+                                      fixed=fixed, holder=holder)
+    score_rows, zero_shot = [rows_out], None
+    search = holder.get("search")
+    if method == "icm" and search is not None and review.resamples > 0:
+        score_rows += search.resampled_rows(labels_out, review.resamples, seed)
+    if method != "zero-shot":
+        zero_shot = zero_shot_rows(problem, scorer)
+    preds, assessment = assess(problem, score_rows, zero_shot, fixed_idx, review,
+                               use_consistency=method in ("icm", "bootstrap"))
+    log.info("labelling assessed: %s", assessment.summary())
+    out = Labelling(preds)
+    out.assessment = assessment
+    return out
 
 
 def _clamp(labels: np.ndarray, fixed: dict[int, int] | None) -> np.ndarray:
@@ -87,14 +113,18 @@ def _clamp(labels: np.ndarray, fixed: dict[int, int] | None) -> np.ndarray:
 
 
 def run_method(problem: Problem, scorer, method: str, seed: int, config: SearchConfig, checkpoint=None,
-               progress=None, gold=None, window=None, fixed: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(label index per example, final normalised log-prob rows). `fixed`: row -> label word, as label_rows."""
+               progress=None, gold=None, window=None, fixed: dict | None = None,
+               holder: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(label index per example, final normalised log-prob rows). `fixed`: row -> label word, as label_rows.
+    `holder`, if given, receives the ICMSearch under "search" (for context resamples)."""
     n = len(problem.examples)
     if method == "zero-shot":
         rows = zero_shot_rows(problem, scorer)
         return _clamp(rows.argmax(1), fixed_indices(problem, fixed)), rows
     search = ICMSearch(problem, scorer, config, seed, checkpoint, method, max_window=window, fixed=fixed)
     fixed = search.fixed  # row -> label index
+    if holder is not None:
+        holder["search"] = search
     rng = np.random.default_rng(seed + 7919)
     if method == "icm":
         state = search.run(progress)

@@ -337,6 +337,20 @@ class ICMSearch:
         state.rng_state = self.rng.bit_generator.state
         self.checkpoint.save(state)
 
+    def resampled_rows(self, labels: np.ndarray, samples: int, seed: int) -> list[np.ndarray]:
+        """final_rows under `samples` fresh random samples of D as context (human labels first, as in a
+        sweep): an ensemble over contexts. The search's own context order is left as it was."""
+        saved = list(self.plan.label_order)
+        rng = np.random.default_rng([seed, 104729])
+        out = []
+        try:
+            for _ in range(samples):
+                self.plan.label_order = self.context_order(rng)
+                out.append(self.final_rows(labels))
+        finally:
+            self.plan.label_order = saved
+        return out
+
     def final_rows(self, labels: np.ndarray) -> np.ndarray:
         """Each example scored in the context of all the others' (current) labels; multi-class rows
         calibrated per shared context, as the search decides by them."""

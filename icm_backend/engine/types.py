@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 
 INCONSISTENT = "inconsistent"
 LOW_CONFIDENCE = "low_confidence"
+UNRELIABLE = "unreliable"  # the whole labelling: the model does not separate these labels (calibration.assess)
 
 
 @dataclass(frozen=True)
 class Flag:
     """Why a row needs a human look. `rows` are input row indices (never task ids: the caller maps them)."""
 
-    kind: str  # INCONSISTENT | LOW_CONFIDENCE
+    kind: str  # INCONSISTENT | LOW_CONFIDENCE | UNRELIABLE
     rows: tuple[int, ...] = ()  # the other rows this one conflicts with
     reason: str = ""
     relations: tuple[str, ...] = ()  # per other row: consistency.RELATION_TEXT key ("same", ...)
@@ -42,3 +43,10 @@ class Prediction:
         if self.fixed:
             out["fixed"] = True
         return out
+
+
+class Labelling(list):
+    """What label_rows returns: the Predictions (a plain list, input order) plus `assessment`, the
+    project-level facts (calibration, estimated accuracy, reliability, drift; engine.calibration)."""
+
+    assessment = None
