@@ -59,3 +59,27 @@ def test_dockerfile_runs_serve_with_healthcheck():
     assert "icm-backend serve" in text and "EXPOSE 9090" in text
     for path in ("pyproject.toml", "icm_backend", "label_config"):
         assert f"COPY {path}" in text and (DOCKER.parent / path).exists()
+
+
+def test_compose_vllm_profile_serves_a_4bit_model_on_gpu_for_the_backend():
+    c = compose()
+    vllm, be = c["services"]["vllm"], c["services"]["icm-backend"]
+    assert vllm["profiles"] == ["vllm"]  # off unless asked for: the default stack stays CPU-only
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    args = dict(a.split("=", 1) for a in vllm["command"] if "=" in a)
+    assert args["--quantization"] in ("bitsandbytes", "awq", "awq_marlin", "gptq", "gptq_marlin")
+    assert args["--served-model-name"] == "${ICM_MODEL:-qwen2.5-7b}" and "--enable-prefix-caching" in vllm["command"]
+    assert args["--model"].startswith("${VLLM_MODEL:-") and "Instruct" not in args["--model"]  # a base model
+    gpu = vllm["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    assert "/health" in " ".join(vllm["healthcheck"]["test"]) and vllm["ports"] == ["127.0.0.1:8000:8000"]
+    # the backend points at it by env, waits for it only when the profile is on, shares its HF cache
+    env = env_of(be)
+    for key in ("ICM_SERVER_URL", "ICM_SERVER_API_KEY", "ICM_TOKENIZER", "ICM_MODEL"):
+        assert key in env, key
+    assert env["ICM_SERVER_URL"] == "${ICM_SERVER_URL:-}"  # empty by default: in-process model
+    assert be["depends_on"]["vllm"] == {"condition": "service_healthy", "required": False}
+    cache = [v.split(":")[0] for v in vllm["volumes"] if v.endswith(":/root/.cache/huggingface")]
+    assert cache and any(v.startswith(cache[0] + ":") for v in be["volumes"])
+    assert env_of(vllm)["VLLM_API_KEY"] == "${ICM_SERVER_API_KEY:-}"  # one key on both sides
+    assert "http://vllm:8000/v1" in (DOCKER / "docker-compose.yml").read_text()
