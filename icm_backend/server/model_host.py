@@ -139,7 +139,7 @@ class ModelHost:
         from icm_backend.engine.search import SearchConfig
 
         config = SearchConfig(max_iters=self.config.max_iters, checkpoint_every_s=self.config.checkpoint_every_s)
-        extra = {"fixed": fixed_rows} if fixed_rows and _accepts_fixed(self.labeler) else {}
+        extra = {"fixed": fixed_rows} if fixed_rows else {}
         try:
             preds = list(self.labeler(
                 rowset.rows, task=spec.task, labels=spec.labels if spec.task == "classify" else None, method=method,
@@ -176,20 +176,6 @@ def _is_model_server_error(exc: BaseException) -> bool:
     from icm_backend.engine.remote import ModelServerError
 
     return isinstance(exc, ModelServerError)
-
-
-def _accepts_fixed(fn) -> bool:
-    """Whether the labeler takes `fixed=` (the engine's label_rows does from issue 11 on)."""
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    ok = "fixed" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    if not ok:
-        log.warning("the engine's label_rows takes no fixed=: shards are labelled without carried labels")
-    return ok
 
 
 def _fixed_rows(spec: ProjectSpec, rowset, fixed: dict[int, str]) -> dict[int, str]:
