@@ -22,6 +22,7 @@ import numpy as np
 
 from icm_backend.engine.evaluate import calibration
 from icm_backend.engine.labeler import run_method, to_predictions
+from icm_backend.commands.server_args import add_server_args, remote_scorer
 from icm_backend.engine.model import load_lm
 from icm_backend.engine.scorer import TransformersScorer
 from icm_backend.engine.search import ICMSearch, SearchConfig
@@ -65,6 +66,7 @@ def main() -> int:
     ap.add_argument("--icm-max-iters", type=int, default=None, help="cap on ICM iterations (default 20 x n)")
     ap.add_argument("--icm-seeds", default=None, help="seeds for ICM when fewer than --seeds fit the time")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_icm"))
+    add_server_args(ap)  # --server URL --model NAME: score on a model server (vLLM) instead of in process
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,9 @@ def main() -> int:
         for line in results_file.read_text().splitlines():
             r = json.loads(line)
             done[(r["dataset"], r["method"], r["seed"])] = r
-    lm = load_lm(args.model)
+    remote = remote_scorer(args)
+    lm = remote or load_lm(args.model)
+    window = remote.context_window if remote else lm.context_window
     for dataset in args.datasets.split(","):
         rows, gold, task, labels = load_dataset(dataset, args.n_sst2, args.n_paper)
         problem = build_problem(rows, task, labels)
@@ -89,12 +93,14 @@ def main() -> int:
                     continue
                 if (dataset, method, seed) in done:
                     continue
-                scorer = TransformersScorer(lm, problem.label_words)
+                scorer = remote.fork() if remote else TransformersScorer(lm, problem.label_words)
+                if remote:
+                    scorer.set_labels(problem.label_words)
                 t0 = time.time()
                 search_state = {}
                 if method == "icm":
                     search = ICMSearch(problem, scorer, config, seed, out / f"ckpt_{dataset}_{seed}.json",
-                                       max_window=lm.context_window)
+                                       max_window=window)
                     state = search.run()
                     y = np.array(state.labels)
                     rows_out = search.final_rows(y)
@@ -102,7 +108,7 @@ def main() -> int:
                                     "reference_tokens": state.reference_tokens,
                                     "reference_tokens_same_context": state.reference_tokens_same_context}
                 else:
-                    y, rows_out = run_method(problem, scorer, method, seed, config, gold=gold, window=lm.context_window)
+                    y, rows_out = run_method(problem, scorer, method, seed, config, gold=gold, window=window)
                 preds = to_predictions(problem, y, rows_out, 0.6)
                 correct = np.array([p.label == g for p, g in zip(preds, gold_words)], dtype=float)
                 conf = np.array([p.confidence for p in preds])

@@ -122,8 +122,10 @@ class RemoteScorer:
         return f"RemoteScorer({self.base_url!r}, {self.model!r})"
 
     def fork(self) -> "RemoteScorer":
-        """A copy with its own label set, sharing the connection settings and stats (one per job/request)."""
-        return copy.copy(self)
+        """A copy with its own label set and stats, the same server settings (one per job or request)."""
+        new = copy.copy(self)
+        new.stats, new._stats_lock = RemoteStats(), threading.Lock()
+        return new
 
     # -- HTTP -------------------------------------------------------------------------------------
     def _root(self) -> str:
