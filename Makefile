@@ -33,9 +33,11 @@ $(VLLM_VENV)/bin/python:
 vllm-venv: $(VLLM_VENV)/bin/python
 
 chromium:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-	  echo "chromium could not be installed: the HTML report browser test will skip"
+	@{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "chromium/chromedriver could not be installed: the browser tests will skip"
+	@$(PY) -c "import selenium" 2>/dev/null || $(PY) -m pip install -q "selenium>=4.20" || \
+	  echo "selenium could not be installed: the Label Studio browser test will skip"
 
 test: install ls-venv vllm-venv chromium
 	ICM_LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio ICM_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python \

@@ -1,0 +1,204 @@
+"""What a Label Studio user sees, on a REAL Label Studio 1.23.2, the backend as a real server with the
+real LM (smollm2-135m, a capped ICM search), and a REAL browser (headless Chromium driven by Selenium).
+
+One 40-task SST-2 project, labelled once for the module: "Retrieve predictions" answers within 10 s and
+starts the whole-project job (2 shards, the second with the first's confident labels); after the job:
+- GET /api/projects/<id> names the served version (the Data Manager's score column follows it);
+- every task holds exactly one prediction, of that version (no stand-ins, no duplicates);
+- the Data Manager's task list (/api/tasks?fields=all) has predictions_score for every task, equal to the
+  prediction's score, and ordering by it gives the lowest score first;
+- a second Retrieve answers from the store and adds nothing;
+- in Chromium: log in, open the Data Manager, and the "Prediction score" column shows a score for every
+  task (a screenshot is kept under the test's tmp dir; ICM_KEEP_SCREENSHOT=<path> copies it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from backend_process import BackendProcess, wait_for
+from label_studio_harness import free_port
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+N_TASKS = 40
+CONFIG = (REPO / "label_config" / "classify.xml").read_text()
+
+
+def sst2(shared_dir: Path, n: int) -> list[dict]:
+    path = shared_dir / "data" / "sst2" / "dev.tsv"
+    if not path.exists():
+        pytest.skip(f"SST-2 not found at {path}")
+    lines = path.read_text().splitlines()[1:n + 1]
+    return [{"text": line.split("\t")[0].strip()} for line in lines]
+
+
+def retrieve(ls, project_id: int) -> float:
+    t0 = time.monotonic()
+    ls.actions.create(id="retrieve_tasks_predictions", project=project_id, selected_items={"all": True, "excluded": []})
+    return time.monotonic() - t0
+
+
+def dm_tasks(server, project_id: int, ordering: list[str] | None = None) -> list[dict]:
+    """The Data Manager's task list, as its grid asks for it."""
+    params = {"project": project_id, "fields": "all", "page_size": 1000}
+    if ordering:
+        params["query"] = json.dumps({"ordering": ordering})
+    r = requests.get(server.url + "/api/tasks", params=params, headers=server.headers, timeout=30)
+    r.raise_for_status()
+    return r.json()["tasks"]
+
+
+@pytest.fixture(scope="module")
+def labelled(label_studio, shared_dir, tmp_path_factory):
+    """A 40-task project after Retrieve and the job's end: (project id, served version, backend, retrieve s)."""
+    ls = label_studio.client
+    work = tmp_path_factory.mktemp("score-column")
+    backend = BackendProcess(port=free_port(), model_dir=work / "model", env={
+        "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"),
+        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
+        "ICM_METHOD": "icm", "ICM_MAX_ITERS": os.environ.get("ICM_E2E_MAX_ITERS", "40"),
+        "ICM_SYNC_MAX_TASKS": "4", "ICM_JOB_SHARD_SIZE": "20", "LOG_LEVEL": "INFO",
+    })
+    backend.start()
+    try:
+        project = ls.projects.create(title="icm score column", label_config=CONFIG)
+        ls.projects.import_tasks(id=project.id, request=sst2(shared_dir, N_TASKS))
+        ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")
+        version = requests.get(backend.url + "/health", timeout=2).json()["model_version"]
+        took = retrieve(ls, project.id)
+
+        def finished():
+            jobs = requests.get(backend.url + "/jobs", timeout=5).json()["jobs"]
+            assert not jobs or jobs[0]["status"] not in ("failed", "cancelled"), jobs[0]
+            return jobs and jobs[0]["status"] == "done" and jobs[0]
+        job = wait_for(finished, 900, "the whole-project job")
+        yield {"project": project.id, "version": version, "backend": backend, "retrieve_s": took, "job": job}
+    except Exception:
+        print("---- backend log ----\n" + backend.log_tail())
+        print("---- label studio log ----\n" + label_studio.log_tail())
+        raise
+    finally:
+        backend.stop()
+
+
+def test_score_column_filled_one_prediction_per_task(labelled, label_studio):
+    ls, pid, version = label_studio.client, labelled["project"], labelled["version"]
+    assert labelled["retrieve_s"] < 10, f"Retrieve predictions took {labelled['retrieve_s']:.1f}s"
+    job = labelled["job"]
+    assert job["done"] == N_TASKS and job["state"]["model_version_set"] is True, job
+    assert job["state"]["carried"]["1"] > 0, "the second shard got no labels from the first"
+
+    # the project's model_version is the served one (LS refuses it before predictions of it exist)
+    r = requests.get(f"{label_studio.url}/api/projects/{pid}", headers=label_studio.headers, timeout=10)
+    assert r.json()["model_version"] == version
+
+    # exactly one prediction per task, all of the served version
+    preds = ls.predictions.list(project=pid)
+    by_task: dict[int, list] = {}
+    for p in preds:
+        by_task.setdefault(p.task, []).append(p)
+    tasks = dm_tasks(label_studio, pid)
+    assert len(tasks) == N_TASKS
+    assert sorted(by_task) == sorted(t["id"] for t in tasks)
+    assert all(len(v) == 1 and v[0].model_version == version for v in by_task.values())
+
+    # the Data Manager's score column: filled for every task, the prediction's score (the label's probability)
+    for t in tasks:
+        (p,) = by_task[t["id"]]
+        assert t["predictions_score"] is not None, t["id"]
+        assert t["predictions_score"] == pytest.approx(p.score)
+        label = next(x for x in p.result if x["from_name"] == "label")
+        assert label["value"]["choices"][0] in ("Positive", "Negative")
+        assert label["score"] == pytest.approx(p.score)  # nothing in the LS layer rescales it
+    ordered = dm_tasks(label_studio, pid, ordering=["tasks:predictions_score"])
+    scores = [t["predictions_score"] for t in ordered]
+    assert scores == sorted(scores) and scores[0] == min(t["predictions_score"] for t in tasks)
+    assert len(set(scores)) > 1, "every task got the same score"
+
+    # a second Retrieve: LS asks only about tasks without a prediction of the version: none; nothing added
+    assert retrieve(ls, pid) < 10
+    assert len(ls.predictions.list(project=pid)) == N_TASKS
+
+
+def _chromium_driver():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium not installed (pip install selenium; `make test` installs it)")
+    binary = os.environ.get("ICM_CHROMIUM_BIN") or shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    if not binary or not driver_bin:
+        pytest.skip("chromium and chromedriver needed: `apt-get install -y chromium chromium-driver` (make chromium)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--window-size=1600,3300"):  # tall enough for the grid to render all 40 rows
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver_bin), options=opts)
+
+
+SCORE_CELLS_JS = """
+// The Data Manager grid (LS 1.23.2): header cells carry data-id; a row's cells follow the same order.
+const ths = [...document.querySelectorAll('.lsf-table-head .lsf-th')];
+const col = id => ths.findIndex(e => e.getAttribute('data-id') === id);
+const s = col('tasks:predictions_score'), t = col('tasks:id');
+if (s < 0 || t < 0) return null;
+return [...document.querySelectorAll('[data-testid="table-row"]')].map(r => {
+  const cells = r.querySelectorAll(':scope > .lsf-table__cell');
+  return [cells[t] ? cells[t].textContent.trim() : '', cells[s] ? cells[s].textContent.trim() : ''];
+});
+"""
+
+
+def test_browser_data_manager_shows_prediction_scores(labelled, label_studio, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pid = labelled["project"]
+    # What a user does to sort by confidence: a Data Manager tab with the column shown, lowest score first.
+    view = requests.post(f"{label_studio.url}/api/dm/views", headers=label_studio.headers, timeout=10, json={
+        "project": pid, "data": {"title": "by score", "ordering": ["tasks:predictions_score"],
+                                 "hiddenColumns": {"explore": [], "labeling": []}}}).json()
+    driver = _chromium_driver()
+    shot = tmp_path / "ls_score_column.png"
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(label_studio.url + "/user/login/")
+        wait.until(EC.presence_of_element_located((By.NAME, "email"))).send_keys(label_studio.username)
+        driver.find_element(By.NAME, "password").send_keys(label_studio.password)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
+        wait.until(lambda d: "/user/login" not in d.current_url)
+        driver.get(f"{label_studio.url}/projects/{pid}/data?tab={view['id']}")
+        wait.until(lambda d: "Prediction score" in d.find_element(By.TAG_NAME, "body").text)
+
+        def score_cells(d):
+            rows = d.execute_script(SCORE_CELLS_JS) or []
+            return rows if len(rows) == N_TASKS else False
+        rows = wait.until(score_cells)
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    keep = os.environ.get("ICM_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    # every task's row shows its score (as the API has it, to the 3 decimals shown), lowest score first
+    api = {t["id"]: t["predictions_score"] for t in dm_tasks(label_studio, pid)}
+    shown = {int(task_id): score for task_id, score in rows}
+    assert sorted(shown) == sorted(api), rows
+    for task_id, score in shown.items():
+        assert score, f"task {task_id}: empty Prediction score cell"
+        assert float(score) == pytest.approx(api[task_id], abs=6e-4), (task_id, score, api[task_id])
+    shown_scores = [float(score) for _, score in rows]
+    assert shown_scores == sorted(shown_scores), rows
