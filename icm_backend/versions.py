@@ -75,6 +75,10 @@ def list_versions(model_dir: str | Path) -> list[VersionInfo]:
             metrics = json.loads((d / "metrics.json").read_text())
         except (OSError, json.JSONDecodeError):
             pass
+        try:  # the promotion gate's verdict, written after the version (see record_gate)
+            metrics["gate"] = json.loads((d / GATE_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
         base = (d / "icm_base_model.txt").read_text().strip() if (d / "icm_base_model.txt").exists() else ""
         out.append(VersionInfo(d.name, d, metrics.get("created_at", ""), base, metrics))
     return sorted(out, key=lambda v: _number(v.name))
@@ -99,6 +103,17 @@ def pinned_version(extra_params: dict | None = None, default_pin: str | None = N
 
 
 CURRENT_FILE = "CURRENT"
+GATE_FILE = "gate.json"  # the promotion gate's verdict on a version: {"promoted": bool, "reason": str, ...}
+
+
+def record_gate(model_dir: str | Path, name: str, verdict: dict) -> None:
+    """Store the promotion gate's verdict next to the version (atomic replace), for /versions and job status."""
+    d = versions_root(model_dir) / name
+    if not d.is_dir():
+        raise InputError(f"version {name!r}: not found in {versions_root(model_dir)}")
+    tmp = d / f".{GATE_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(verdict, indent=1, default=str))
+    os.replace(tmp, d / GATE_FILE)
 _SAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
 
 
@@ -229,7 +244,7 @@ def versions_payload(model_dir: str | Path, model_name: str, pin: str | None = N
     """GET /versions: every version (base first, then fine-tuned oldest to newest) with its metrics,
     which one serves and the pin. Metrics are trimmed to what a UI shows (history stays in metrics.json)."""
     keep = ("created_at", "base_model", "task", "labels", "data", "train_rows", "heldout_rows", "steps",
-            "stopped", "best_step", "heldout_before", "heldout_best", "seconds", "project", "trigger")
+            "stopped", "best_step", "heldout_before", "heldout_best", "seconds", "project", "trigger", "gate")
     try:
         current = served_version_name(model_dir, model_name, pin)
     except InputError as exc:

@@ -66,9 +66,9 @@ def wait_job(backend, pred, timeout=240):
     raise AssertionError(f"train job never reached the state: {[j.to_json() for j in backend.jobs.list_jobs()]}")
 
 
-def test_start_training_makes_a_new_served_version(app_for, start_training, monkeypatch):
+def test_start_training_makes_a_new_version_served_only_if_the_gate_passes(app_for, start_training, monkeypatch):
     monkeypatch.setenv("ICM_TRAIN_MAX_STEPS", "4")
-    app = app_for(good_tasks())
+    app = app_for(good_tasks(20))  # 4 held out: the promotion gate can test the new version
     client, backend = app.test_client(), get_backend(app)
     before = client.post("/setup", json={}).json["model_version"]
     t0 = time.perf_counter()
@@ -77,12 +77,34 @@ def test_start_training_makes_a_new_served_version(app_for, start_training, monk
     job = wait_job(backend, lambda j: j.status in ("done", "failed"))
     assert job.status == "done", job.error
     assert "trained version ft0001-" in job.message and job.done == 4
-    after = client.post("/setup", json={}).json["model_version"]
-    assert after != before and after.startswith("ft0001-")
-    assert after in client.get("/versions").json["versions"]
     v = list_versions(backend.config.model_dir)[0]
+    gate = v.metrics["gate"]  # gate.json, next to the version
+    assert gate["method"] == "icm" and gate["n"] == 4 and gate["serving_version"] == before
+    assert {"accuracy", "p_true"} <= set(gate["new"]) and {"accuracy", "p_true"} <= set(gate["serving"])
+    promoted = (gate["new"]["accuracy"], gate["new"]["p_true"]) > (gate["serving"]["accuracy"], gate["serving"]["p_true"])
+    assert gate["promoted"] == promoted
+    after = client.post("/setup", json={}).json["model_version"]
+    listed = client.get("/versions").json
+    assert v.name in listed["versions"] and listed["details"][0]["gate"]["reason"] == gate["reason"]
+    if promoted:
+        assert after == v.name and "now serving it" in job.message
+    else:
+        assert after == before and "NOT serving it" in job.message and "kept, not served" in job.message
     ids = json.loads((v.path / "training_set.json").read_text())
-    assert len(ids["human"]) == 12 and v.metrics["project"] == 1
+    assert len(ids["human"]) == 20 and v.metrics["project"] == 1
+
+
+def test_too_few_labels_to_test_a_version_keep_the_serving_one(app_for, start_training, monkeypatch):
+    monkeypatch.setenv("ICM_TRAIN_MAX_STEPS", "2")
+    app = app_for(good_tasks(12))  # 20% of 12 is 2 rows: no held-out slice, nothing to gate on
+    client, backend = app.test_client(), get_backend(app)
+    before = client.post("/setup", json={}).json["model_version"]
+    client.post("/webhook", json=start_training)
+    job = wait_job(backend, lambda j: j.status in ("done", "failed"))
+    assert job.status == "done", job.error
+    assert "NOT serving it" in job.message and "no held-out slice" in job.message
+    assert client.post("/setup", json={}).json["model_version"] == before
+    assert current_name(backend.config.model_dir) is None
 
 
 @pytest.mark.parametrize("tasks,message", [
@@ -109,6 +131,8 @@ def test_killed_trainer_fails_the_job_and_keeps_the_serving_version(app_for, sta
     client.post("/webhook", json=start_training)
     assert wait_job(backend, lambda j: j.status in ("done", "failed")).status == "done"
     serving = client.post("/setup", json={}).json["model_version"]
+    versions_before = [v.name for v in list_versions(backend.config.model_dir)]
+    current_before = current_name(backend.config.model_dir)
 
     monkeypatch.setenv("ICM_TRAIN_MAX_STEPS", "100000")
     client.post("/webhook", json=start_training)
@@ -117,8 +141,8 @@ def test_killed_trainer_fails_the_job_and_keeps_the_serving_version(app_for, sta
     job = wait_job(backend, lambda j: j.id == running.id and j.status in ("done", "failed"), timeout=60)
     assert job.status == "failed" and "killed by SIGKILL" in job.error and "serving version is unchanged" in job.error
     assert client.post("/setup", json={}).json["model_version"] == serving
-    assert [v.name for v in list_versions(backend.config.model_dir)] == [serving]
-    assert current_name(backend.config.model_dir) == serving
+    assert [v.name for v in list_versions(backend.config.model_dir)] == versions_before
+    assert current_name(backend.config.model_dir) == current_before
 
 
 def test_job_interrupted_by_a_restart_is_failed_not_rerun(app_for, tmp_path):

@@ -137,10 +137,24 @@ class TrainJob:
                                          learning_rate=settings.learning_rate)),
             "extra_metrics": {"project": project, "job": job.id, "trigger": job.params.get("trigger"),
                               "include_icm": settings.include_icm, "min_confidence": settings.min_confidence},
+            "gate": self._gate_request(),
         }))
         result = self._run_worker(ctx, spec_file, settings.max_steps, ts.summary())
-        return (f"trained version {result['version']} on {ts.summary()}; {result['steps']} steps "
-                f"({result['stopped']}), held-out accuracy {result.get('heldout_accuracy')}; now serving it")
+        head = (f"trained version {result['version']} on {ts.summary()}; {result['steps']} steps "
+                f"({result['stopped']}), held-out accuracy {result.get('heldout_accuracy')}")
+        if result.get("promoted", True):
+            return head + (f"; gate: {result['gate']}" if result.get("gate") else "") + "; now serving it"
+        return head + f"; NOT serving it: {result.get('gate')}"
+
+    def _gate_request(self) -> dict:
+        """What the promotion gate compares against: the version serving now, with the served method."""
+        from icm_backend.versions import served_model_path, served_version_name
+
+        cfg = self.backend.config
+        pin = getattr(cfg, "model_version_pin", None)
+        return {"method": cfg.method, "serving_model": served_model_path(cfg.model_dir, cfg.base_model, pin),
+                "serving_name": served_version_name(cfg.model_dir, cfg.base_model, pin),
+                "max_iters": getattr(cfg, "max_iters", None)}
 
     def _run_worker(self, ctx, spec_file, max_steps: int, summary: str) -> dict:
         from icm_backend.jobs.queue import JobCancelled

@@ -36,10 +36,17 @@ class TrainConfig:
     eval_every: int = 4  # steps between held-out evaluations (early stopping)
     patience: int = 3  # evaluations without held-out improvement before stopping
     holdout_fraction: float = 0.2  # of the accepted labels; 0 disables early stopping
-    min_holdout: int = 4  # fewer accepted labels than this*2: no held-out slice, train max_steps
-    max_length: int = 256  # prompt tokens kept (from the end: the cue must survive)
+    min_holdout: int = 3  # a held-out slice smaller than this: none (no early stopping, and the promotion gate
+    # cannot test the version: it is kept, not served). 16 accepted labels give 3 held out.
+    max_length: int = 512  # prompt tokens kept (from the end: the cue must survive)
     loss: str = "restricted"  # "restricted": softmax over the label words; "full": full vocabulary
     seed: int = 0
+    # What the served method scores is a target *in context* (other labelled examples, then the target):
+    # "in-context" trains on exactly that (each training row with `contexts_per_row` random contexts of
+    # other training rows, up to `context_tokens`, plus once alone); "none" trains on single examples.
+    context: str = "in-context"
+    context_tokens: int = 384  # as the engine's SearchConfig.context_tokens
+    contexts_per_row: int = 2
 
 
 @dataclass
@@ -108,15 +115,16 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
 
 
-def split_holdout(examples: list[Example], cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
-    """Stratified held-out slice (per label, so a rare class is not all held out or all trained)."""
-    n_hold = int(round(len(examples) * cfg.holdout_fraction))
-    if cfg.holdout_fraction <= 0 or n_hold < cfg.min_holdout or len(examples) - n_hold < cfg.min_holdout:
-        return list(examples), []
+def split_indices(labels: list[str], cfg: TrainConfig) -> tuple[list[int], list[int]]:
+    """Stratified held-out slice (per label, so a rare class is not all held out or all trained), as
+    indices into `labels`: (train, held out)."""
+    n_hold = int(round(len(labels) * cfg.holdout_fraction))
+    if cfg.holdout_fraction <= 0 or n_hold < cfg.min_holdout or len(labels) - n_hold < cfg.min_holdout:
+        return list(range(len(labels))), []
     rng = random.Random(cfg.seed)
-    by_label: dict[str, list[Example]] = {}
-    for ex in examples:
-        by_label.setdefault(ex.label, []).append(ex)
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
     train, hold = [], []
     for label in sorted(by_label):
         group = by_label[label][:]
@@ -125,6 +133,35 @@ def split_holdout(examples: list[Example], cfg: TrainConfig) -> tuple[list[Examp
         hold += group[:k]
         train += group[k:]
     return train, hold
+
+
+def split_holdout(examples: list[Example], cfg: TrainConfig) -> tuple[list[Example], list[Example]]:
+    train, hold = split_indices([e.label for e in examples], cfg)
+    return [examples[i] for i in train], [examples[i] for i in hold]
+
+
+def in_context(targets: list[Example], pool: list[Example], count_tokens, budget: int, per_row: int,
+               seed: int, alone: bool = True) -> list[Example]:
+    """Each target as the engine scores it: random other labelled examples of `pool` ("prompt label"
+    blocks joined by a blank line, as engine.context renders them) up to `budget` tokens, then the
+    target's prompt. `per_row` contexts per target, plus the target alone if `alone`."""
+    rng = random.Random(seed)
+    cost = {id(e): count_tokens(f"{e.prompt} {e.label}") + 1 for e in pool}
+    out = []
+    for t in targets:
+        if alone:
+            out.append(Example(t.prompt, t.label))
+        others = [e for e in pool if e is not t and e.prompt != t.prompt]
+        for _ in range(per_row):
+            rng.shuffle(others)
+            blocks, used = [], 0
+            for e in others:
+                if used + cost[id(e)] > budget:
+                    break
+                blocks.append(f"{e.prompt} {e.label}\n\n")
+                used += cost[id(e)]
+            out.append(Example("".join(blocks) + t.prompt, t.label))
+    return out
 
 
 class LabelTokenTrainer:
@@ -214,8 +251,10 @@ ProgressFn = Callable[[int, int, dict], None]
 
 
 def train_lora(lm, examples: list[Example], label_words: list[str], cfg: TrainConfig | None = None,
-               plan: TrainPlan | None = None, progress: ProgressFn | None = None) -> TrainResult:
-    """Train a LoRA adapter in place on `lm.model` (load a fresh copy: the model is modified)."""
+               plan: TrainPlan | None = None, progress: ProgressFn | None = None,
+               holdout: list[Example] | None = None) -> TrainResult:
+    """Train a LoRA adapter in place on `lm.model` (load a fresh copy: the model is modified).
+    `holdout` given: the held-out examples (no split of `examples` is made)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -238,7 +277,7 @@ def train_lora(lm, examples: list[Example], label_words: list[str], cfg: TrainCo
     model.train()
     trainer = LabelTokenTrainer(model, lm.tokenizer, label_words, cfg, lm.device)
 
-    train_ex, hold_ex = split_holdout(examples, cfg)
+    train_ex, hold_ex = split_holdout(examples, cfg) if holdout is None else (list(examples), list(holdout))
     index = {w: i for i, w in enumerate(label_words)}
     train = [(trainer.encode(e.prompt), index[e.label]) for e in train_ex]
     hold = [(trainer.encode(e.prompt), index[e.label]) for e in hold_ex]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from icm_backend.errors import InputError
 from icm_backend.finetune.data import TrainingSet
-from icm_backend.finetune.lora import Example, TrainConfig, choose_plan, train_lora
+from icm_backend.finetune.lora import Example, TrainConfig, choose_plan, in_context, split_indices, train_lora
 from icm_backend.finetune.prompts import prompt_renderer
 from icm_backend.versions import VersionInfo, save_version
 
@@ -48,8 +48,45 @@ def train_version(ts: TrainingSet, task: str, labels: list[str], model_dir: str 
     plan = choose_plan()
     log.info("fine-tuning %s (%s) on %s", base, plan.note, ts.summary())
     lm = load_lm(base, plan.quantize)  # a private copy: LoRA injection modifies the model in place
-    result = train_lora(lm, examples_from(ts, task, labels), labels, cfg, plan, progress)
-    metrics = {**result.metrics, "task": task, "labels": labels, "data": ts.summary(), **(extra_metrics or {})}
+    cfg = cfg or TrainConfig()
+    examples = examples_from(ts, task, labels)
+    train_idx, hold_idx = split_indices([e.label for e in examples], cfg)
+    train_ex, hold_ex = [examples[i] for i in train_idx], [examples[i] for i in hold_idx]
+    if cfg.context == "in-context":
+        # Train (and early-stop) on what the served method scores: targets after other labelled examples.
+        count = lambda text: len(lm.tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+        train_ex = in_context(train_ex, train_ex, count, cfg.context_tokens, cfg.contexts_per_row, cfg.seed)
+        hold_ex = in_context(hold_ex, [examples[i] for i in train_idx], count, cfg.context_tokens, 1,
+                             cfg.seed + 1, alone=False)
+    elif cfg.context != "none":
+        raise InputError(f"training context {cfg.context!r}: choose in-context or none")
+    result = train_lora(lm, train_ex, labels, cfg, plan, progress, holdout=hold_ex)
+    metrics = {**result.metrics, "task": task, "labels": labels, "data": ts.summary(),
+               "heldout_index": hold_idx, **(extra_metrics or {})}
     version = save_version(model_dir, result.model, base, metrics, ts.ids())
     log.info("wrote version %s to %s", version.name, version.path)
     return version
+
+
+def train_and_gate(ts: TrainingSet, task: str, labels: list[str], model_dir: str | Path, base_model: str | None,
+                   cfg: TrainConfig | None, method: str, serving_model: str, serving_name: str, progress=None,
+                   extra_metrics: dict | None = None, gate_max_iters: int | None = None):
+    """Train a version, then run the promotion gate (finetune.gate) on the held-out slice of the
+    accepted labels; record its verdict with the version and promote only if it passed.
+    Returns (VersionInfo, GateResult)."""
+    from icm_backend.finetune.gate import gate
+    from icm_backend.versions import promote, record_gate
+
+    cfg = cfg or TrainConfig()
+    version = train_version(ts, task, labels, model_dir, base_model, cfg, progress, extra_metrics)
+    hold = set(version.metrics.get("heldout_index") or [])
+    pairs = [(r.row, r.label) for r in ts.rows]
+    train_pairs = [p for i, p in enumerate(pairs) if i not in hold]
+    hold_pairs = [p for i, p in enumerate(pairs) if i in hold]
+    verdict = gate(train_pairs, hold_pairs, task, labels if task == "classify" else None, method, serving_model,
+                   serving_name, str(version.path), seed=cfg.seed, max_iters=gate_max_iters)
+    record_gate(model_dir, version.name, verdict.to_json())
+    version.metrics["gate"] = verdict.to_json()
+    if verdict.promoted:
+        promote(model_dir, version.name)
+    return version, verdict
