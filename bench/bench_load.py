@@ -82,6 +82,7 @@ def main() -> int:
     ap.add_argument("--job-tasks", type=int, default=400)
     ap.add_argument("--store-tasks", type=int, default=200)
     ap.add_argument("--model", default=os.environ.get("ICM_MODEL", "smollm2-135m"))
+    ap.add_argument("--warmup", type=float, default=20.0, help="seconds of job before memory 'before' is taken")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="icm-bench-load-"))
@@ -113,24 +114,27 @@ def main() -> int:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit(f"backend did not start; see {work / 'backend.log'}")
             time.sleep(0.3)
-        ctl = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        call(ctl, "POST", "/setup", {"project": "1.1", "schema": XML})
-        call(ctl, "POST", "/setup", {"project": "2.1", "schema": XML})
+        def ctl_call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+            # a fresh connection each time: an idle one is closed by the server after ICM_CHANNEL_TIMEOUT_S
+            return call(http.client.HTTPConnection("127.0.0.1", port, timeout=120), method, path, body)
+
+        ctl_call("POST", "/setup", {"project": "1.1", "schema": XML})
+        ctl_call("POST", "/setup", {"project": "2.1", "schema": XML})
         t0 = time.monotonic()
-        code, reply = call(ctl, "POST", "/predict", {"tasks": sst2(args.job_tasks, 100_000), "project": 2})
+        code, reply = ctl_call("POST", "/predict", {"tasks": sst2(args.job_tasks, 100_000), "project": 2})
         print(f"job-starting /predict of {args.job_tasks} tasks: HTTP {code} in {time.monotonic() - t0:.1f}s",
               flush=True)
         job_id = None
         while time.monotonic() - t0 < 300:
-            jobs = call(ctl, "GET", "/jobs")[1]["jobs"]
-            health = call(ctl, "GET", "/health")[1]
+            jobs = ctl_call("GET", "/jobs")[1]["jobs"]
+            health = ctl_call("GET", "/health")[1]
             if jobs and jobs[0]["status"] == "running" and health.get("model_loaded"):
                 job_id = jobs[0]["id"]
                 break
             time.sleep(1)
         if job_id is None:
             raise SystemExit("the ICM job never ran with the model loaded")
-        time.sleep(3)
+        time.sleep(args.warmup)  # the job's own working set grows at first: measure the load, not that
         rss_before = server.memory_info().rss
         load_before = os.getloadavg()[0]
 
@@ -199,13 +203,13 @@ def main() -> int:
         rss_after = server.memory_info().rss
 
         t = time.monotonic()
-        call(ctl, "POST", f"/jobs/{job_id}/cancel")
-        while call(ctl, "GET", f"/jobs/{job_id}")[1]["status"] not in ("cancelled", "done", "failed"):
+        ctl_call("POST", f"/jobs/{job_id}/cancel")
+        while ctl_call("GET", f"/jobs/{job_id}")[1]["status"] not in ("cancelled", "done", "failed"):
             if time.monotonic() - t > 180:
                 break
             time.sleep(0.2)
         cancel_s = time.monotonic() - t
-        job = call(ctl, "GET", f"/jobs/{job_id}")[1]
+        job = ctl_call("GET", f"/jobs/{job_id}")[1]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 15)

@@ -561,3 +561,18 @@ def test_too_many_choices_is_a_clear_error(make_app):
     r = c.post("/predict", json={"tasks": tasks(2), "project": 1, "label_config": xml})
     assert r.status_code == 422 and "1000 choices" in r.json["error"] and "ICM_MAX_CHOICES" in r.json["error"]
     assert "ICM_MAX_CHOICES" in c.post("/setup", json={"project": "1.1", "schema": xml}).json["warning"]
+
+
+@pytest.mark.slow
+def test_real_engine_one_bad_task_costs_only_itself(tmp_path):
+    """The same probe on the real engine (smollm2-135m, zero-shot): its tokenizer raises TypeError on a lone
+    surrogate, and a 200 KB text would take minutes and gigabytes; the other tasks are labelled."""
+    cfg = ServerConfig(model_dir=tmp_path / "model", model_name="smollm2-135m", method="zero-shot", sync_max_tasks=50,
+                       predict_budget_s=300)
+    app = create_app(cfg, host=ModelHost(cfg), events=EventRegistry(), start_worker=False)
+    batch = tasks(10, t3="a\ud800b", t7="great movie " * 20_000)
+    r = app.test_client().post("/predict", json={"tasks": batch, "project": 1, "label_config": XML})
+    res = r.json["results"]
+    assert r.status_code == 200 and len(res) == 10
+    assert "not valid Unicode" in res[2]["error"] and "too long" in res[6]["error"]
+    assert all(x.get("result") for i, x in enumerate(res) if i not in (2, 6)), res
