@@ -135,3 +135,25 @@ def test_fine_tuning_with_a_remote_model_is_refused_with_the_way_out(tmp_path):
     with pytest.raises(InputError, match=r"fine-tuning needs local weights.*--enable-lora.*ICM_MODEL=<version>"):
         refuse_remote_training(cfg)
     refuse_remote_training(ServerConfig(model_dir=tmp_path))  # local model: no objection
+
+
+def test_waiting_for_the_model_server_is_progress_and_can_be_stopped(fake, tmp_path):
+    """A job sees "waiting for the model server" as progress; a /predict budget or a cancel stops the wait."""
+    host = ModelHost(_config(tmp_path, fake.base_url, ICM_SERVER_RETRY_S="300"))
+    fake.fail_next = 10_000  # 503 for ever
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def progress(done, total, msg=""):
+        seen.append(msg)
+        if len(seen) >= 2:
+            raise Stop()
+
+    tasks = [{"id": i, "data": {"text": f"film {i}"}} for i in range(4)]
+    t0 = time.perf_counter()
+    with pytest.raises(Stop):
+        host.label(parse_label_config(CLASSIFY_XML), tasks, method="zero-shot", progress=progress)
+    assert time.perf_counter() - t0 < 20
+    assert all("waiting for the model server (HTTP 503" in m for m in seen)

@@ -35,6 +35,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.client import HTTPException
+from typing import Callable
 
 import numpy as np
 
@@ -113,6 +114,10 @@ class RemoteScorer:
         self.tok = _load_tokenizer(tokenizer or model)
         self.context_window: int | None = None
         self.served_models: list[str] = []
+        # Called as on_wait(message) before each retry: a job shows it as progress and may raise to stop
+        # waiting (cancel, a request's time budget).
+        self.on_wait: Callable[[str], None] | None = None
+        self._shared = {"checked": False}  # one server check for this scorer and its forks
         if check:
             self.check_server()
         if label_words:
@@ -167,6 +172,9 @@ class RemoteScorer:
                 self.stats.retries += 1
             log.warning("model server %s: %s; retry %d in %.1fs (giving up in %.0fs)", self.base_url, reason,
                         attempt, wait, left)
+            if self.on_wait is not None:
+                self.on_wait(f"waiting for the model server ({reason[:120]}); retry {attempt}, "
+                             f"giving up in {left:.0f}s")
             time.sleep(max(0.05, wait))
 
     def _http_error(self, url: str, code: int, detail: str) -> ModelServerError:
@@ -179,7 +187,8 @@ class RemoteScorer:
         return ModelServerError(f"model server {url}: HTTP {code}: {detail}")
 
     def check_server(self) -> None:
-        """The server is up, serves `model`, and tokenises as our tokenizer does (where it can say)."""
+        """The server is up, serves `model`, and tokenises as our tokenizer does (where it can say).
+        Built with check=False, the first score() does this."""
         reply = self._request("GET", self.base_url + "/models")
         models = reply.get("data") if isinstance(reply, dict) else None
         if not isinstance(models, list):
@@ -193,6 +202,7 @@ class RemoteScorer:
         if isinstance(entry.get("max_model_len"), int):
             self.context_window = entry["max_model_len"]
         self._check_tokenizer()
+        self._shared["checked"] = True
 
     def _check_tokenizer(self) -> None:
         ours = self.tok.encode(PROBE, add_special_tokens=False)
@@ -252,6 +262,8 @@ class RemoteScorer:
     def score(self, prefix: str, targets: list[str]) -> np.ndarray:
         if not targets:
             return np.zeros((0, len(self.label_words)))
+        if not self._shared["checked"]:
+            self.check_server()
         prompts = [self.encode(prefix, t) for t in targets]
         raw = np.full((len(prompts), len(self.label_words)), np.nan)
         batches = [list(range(s, min(s + self.batch_size, len(prompts)))) for s in range(0, len(prompts), self.batch_size)]

@@ -49,7 +49,7 @@ def _default_loader(name: str):
 
 def remote_loader(config: ServerConfig) -> Callable[[str], object]:
     """ICM_SERVER_URL set: the "model" is a RemoteScorer on that server (ICM_MODEL = the served name).
-    Building it checks the server (model list, tokenizer) and waits up to ICM_SERVER_RETRY_S for it."""
+    Scoring waits up to ICM_SERVER_RETRY_S for a server that is down, reporting each retry as progress."""
 
     def load(path: str):
         from icm_backend.engine.remote import RemoteScorer
@@ -57,8 +57,9 @@ def remote_loader(config: ServerConfig) -> Callable[[str], object]:
         if path != config.base_model:
             log.warning("fine-tuned version %s is not served by the model server; scoring on %s at %s",
                         path, config.base_model, config.server_url)
+        # check=False: loading never waits on the server; the first score checks it (model, tokenizer)
         return RemoteScorer(config.server_url, config.base_model, tokenizer=config.server_tokenizer or config.base_model,
-                            api_key=config.server_api_key, retry_s=config.server_retry_s)
+                            api_key=config.server_api_key, retry_s=config.server_retry_s, check=False)
 
     return load
 
@@ -125,8 +126,6 @@ class ModelHost:
         if not any(tid in mine for tid in rowset.primary):
             return {t: p for t, p in P.build(spec, rowset, [], self.config.review_threshold).items() if t in mine}
         model = self.model(version)
-        if hasattr(model, "fork"):  # a remote scorer: this call's own label set, shared connection
-            model = model.fork()
         raised: list[BaseException] = []
 
         def relay(*args) -> None:
@@ -135,6 +134,11 @@ class ModelHost:
             except BaseException as exc:
                 raised.append(exc)
                 raise
+
+        if hasattr(model, "fork"):  # a remote scorer: this call's own label set and stats
+            model = model.fork()
+            # while it waits for a model server that is down: progress shows it, and may stop it (cancel, budget)
+            model.on_wait = (lambda msg: relay(0, 0, msg)) if progress else None
 
         from icm_backend.engine.search import SearchConfig
 
