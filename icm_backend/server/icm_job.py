@@ -36,7 +36,12 @@ from icm_backend.labelstudio.client import LabelStudioUnavailable, client_for
 log = logging.getLogger(__name__)
 
 CARRY_MAX = 32  # confident labels of finished shards carried into each later shard as fixed examples
+HUMAN_MAX = 256  # human labels (annotations) fixed in every shard, balanced over labels
 IMPORT_TRIES = 3
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(2 ** attempt)
 
 
 class WriteBackFailed(Exception):
@@ -112,8 +117,15 @@ class ICMJob:
             tmp.write_text(json.dumps(tasks))
             tmp.replace(tasks_file)
         by_id = {t["id"]: t for t in tasks}
-        shards = shard_tasks(tasks, int(params.get("shard_size") or self.host.config.shard_size))
         state = dict(job.state)
+        # Human labels (annotations, accepted predictions included) clamp the search: fixed members of D
+        # in every shard, never relabelled; their tasks need no prediction. Read once, kept for a resume.
+        if "human" not in state and method != "zero-shot":
+            state["human"] = self._human_labels(project, spec, set(by_id))
+            ctx.save_state(state)
+        human = {int(t): lab for t, lab in state.get("human", [])}
+        tasks = [t for t in tasks if t["id"] not in human]
+        shards = shard_tasks(tasks, int(params.get("shard_size") or self.host.config.shard_size))
         done_shards = set(state.get("done_shards", []))
         total = len(tasks)
         done_before = sum(len(s) for k, s in enumerate(shards) if k in done_shards)
@@ -139,6 +151,7 @@ class ICMJob:
                 ctx.progress(base + int(frac * n), total, f"shard {k + 1}/{len(shards)}: {msg}")
 
             fixed = {int(t): lab for t, lab, _ in carry if int(t) in by_id}
+            fixed.update({t: lab for t, lab in human.items() if t in by_id})  # a human label wins
             preds = self.host.label(spec, shard, method=method, checkpoint=ctx.workdir / f"shard-{k}.ckpt",
                                     progress=progress, version=version,
                                     context=[by_id[t] for t in fixed], fixed=fixed)
@@ -174,9 +187,35 @@ class ICMJob:
                                                  f"; project model_version NOT set to {version} (see the log)")
             state["model_version_set"] = run["published"]
             ctx.save_state(state)
-        return f"{total - failed} tasks labelled, {flagged} flagged for review{failed_note}, {where}"
+        human_note = f", {len(human)} human labels fixed in context" if human else ""
+        return f"{total - failed} tasks labelled{human_note}, {flagged} flagged for review{failed_note}, {where}"
 
     # -- Label Studio ------------------------------------------------------------------------
+    def _human_labels(self, project: int, spec, task_ids: set) -> list[list]:
+        """[[task id, label word], ...] from the project's annotations (labelstudio.annotations rules), at most
+        HUMAN_MAX, taken in turn from each label; [] when LS cannot be read."""
+        from icm_backend.labelstudio.annotations import resolve_task_annotations
+
+        try:
+            tasks = self.ls_for(project).tasks_with_labels(project)
+        except Exception as exc:
+            log.warning("project %s: annotations not read (%s); labelling without human labels", project, exc)
+            return []
+        by_label: dict[str, list[int]] = {}
+        for t in tasks:
+            if t.get("id") not in task_ids or not t.get("annotations"):
+                continue
+            got, _, _ = resolve_task_annotations(t["id"], t["annotations"], spec)
+            if got is not None:
+                by_label.setdefault(got.label, []).append(int(t["id"]))
+        out, k = [], 0
+        while len(out) < HUMAN_MAX and any(k < len(v) for v in by_label.values()):
+            for lab in sorted(by_label):
+                if k < len(by_label[lab]) and len(out) < HUMAN_MAX:
+                    out.append([by_label[lab][k], lab])
+            k += 1
+        return out
+
     def _fetch_tasks(self, project: int, params: dict) -> list[dict]:
         try:
             tasks = self.ls_for(project).project_tasks(project)
@@ -227,7 +266,7 @@ class ICMJob:
                     self._settle_unknown(ls, project, version)  # did LS store the batch before failing?
                     if attempt == IMPORT_TRIES:
                         raise WriteBackFailed(f"writing predictions to Label Studio failed: {exc}") from exc
-                    time.sleep(2 ** attempt)
+                    _backoff(attempt)
                     batch = self._claim(ls, project, version, run)  # what LS did not store is NOT_SENT again
                     if not batch:
                         created = 0
