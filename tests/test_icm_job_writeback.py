@@ -69,7 +69,7 @@ class FakeLS:
 
 @pytest.fixture
 def make(tmp_path, monkeypatch):
-    monkeypatch.setattr("icm_backend.server.icm_job.time.sleep", lambda s: None)  # retry back-off
+    monkeypatch.setattr("icm_backend.server.icm_job._backoff", lambda attempt: None)  # retry back-off
 
     def make(ls: FakeLS, labeler=fake_label_rows, **cfg):
         config = ServerConfig(model_dir=tmp_path / "model", model_name="smollm2-135m", **cfg)
@@ -187,3 +187,20 @@ def test_carry_over_is_balanced_confident_and_unflagged():
     assert carry_over([], preds, limit=0, threshold=0.6) == []
     assert spec.labels  # the config parses: labels are the Choice values
     assert Prediction  # engine type importable here (the LS layer never rescales its confidence)
+
+
+def test_small_batch_labelled_in_the_request_points_the_score_column_at_it(make):
+    import time
+
+    ls = FakeLS(range(1, 4))
+    app, backend = make(ls, sync_max_tasks=10)
+    tasks = list(ls.tasks.values())
+    r = app.test_client().post("/predict", json={"tasks": tasks, "project": 1, "label_config": CLASSIFY_XML})
+    items = r.json["results"]
+    assert all(x["result"] for x in items) and not backend.jobs.list_jobs()  # no job for a small batch
+    assert ls.model_version == ""  # LS has not stored the reply yet: nothing to point at
+    ls.preds += [{"task": t["id"], **x} for t, x in zip(tasks, items)]  # what LS does with the reply
+    deadline = time.monotonic() + 10
+    while ls.model_version != VERSION and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ls.model_version == VERSION
