@@ -299,7 +299,8 @@ def create_app(config: ServerConfig | None = None, *, host: ModelHost | None = N
         results = backend.predict(project, spec, label_config, tasks) if tasks else []
         reply = {"results": results, "model_version": backend.model_version(project)}
         load_error = backend.host.load_error
-        if load_error and not any(r.get("result") for r in results):
+        if load_error and not any(r.get("result") for r in results) and any(
+                r.get("error") == load_error for r in results):
             reply["error"] = load_error  # say so; LS stores nothing from items without a "result"
             return jsonify(reply), 503
         return jsonify(reply)
