@@ -82,15 +82,34 @@ class Loop:
                                     "gold_ceiling_by_round", "reviewed_by_round", "tfidf_lr_by_round",
                                     "temperature_by_round", "calibrated_on_by_round", "reliable_by_round",
                                     "gate_by_round", "mean_confidence_by_round")}
+        self.state_file = out_dir / f"state-{strategy}-seed{args.seed}.json"
+        self.work = out_dir
+        self.queue: list[int] = []  # the last round's review order
+        self.round = 0
+        if self.state_file.exists():  # resume: a run cut into pieces (each under the CPU lock's time slice)
+            st = json.loads(self.state_file.read_text())
+            self.res, self.round, self.queue = st["res"], st["round"], st["queue"]
+            self.reviewed = {int(k): v for k, v in st["reviewed"].items()}
+            self.serving_path, self.serving_name = st["serving_path"], st["serving_name"]
+            self.rng.bit_generator.state = st["rng"]
+            print(f"[{strategy} seed {args.seed}] resuming at round {self.round}", flush=True)
         from icm_backend.engine.model import load_lm
 
         self.lm = load_lm(self.serving_path, "none")
 
-    def label(self):
+    def save(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"res": self.res, "round": self.round, "queue": self.queue,
+                                   "reviewed": self.reviewed, "serving_path": self.serving_path,
+                                   "serving_name": self.serving_name, "rng": self.rng.bit_generator.state}))
+        tmp.replace(self.state_file)
+
+    def label(self, rnd: int):
         a = self.args
-        config = SearchConfig(max_iters=a.max_iters, context_tokens=a.context_tokens)
+        config = SearchConfig(max_iters=a.max_iters, context_tokens=a.context_tokens, checkpoint_every_s=30)
+        ck = self.work / f"ckpt-{self.strategy}-seed{a.seed}-round{rnd}.json"
         return label_rows(self.rows, task="classify", labels=self.words, method="icm", model=self.lm, seed=a.seed,
-                          config=config, fixed=dict(self.reviewed), review=ReviewConfig(fraction=0.2))
+                          config=config, fixed=dict(self.reviewed), review=ReviewConfig(fraction=0.2), checkpoint=ck)
 
     def gold_ceiling(self, free: list[int]) -> float:
         from icm_backend.engine.labeler import make_scorer
@@ -123,8 +142,8 @@ class Loop:
 
         ts = TrainingSet(rows=[TrainingRow(row=dict(self.rows[i]), label=y, source="human", task_id=i)
                                for i, y in sorted(self.reviewed.items())])
-        cfg = TrainConfig(max_steps=self.args.train_steps, seed=self.args.seed,
-                          context_tokens=self.args.context_tokens)
+        cfg = TrainConfig(max_steps=self.args.train_steps, seed=self.args.seed, batch_size=self.args.train_batch,
+                          context_tokens=self.args.train_context_tokens)
         try:
             version, verdict = train_and_gate(ts, "classify", self.words, self.model_dir, self.args.model, cfg, "icm",
                                               self.serving_path, self.serving_name, gate_max_iters=self.args.gate_iters,
@@ -138,14 +157,23 @@ class Loop:
 
     def run(self) -> dict:
         a = self.args
-        for rnd in range(a.rounds + 1):
+        for rnd in range(self.round, a.rounds + 1):
             t0 = time.monotonic()
             promoted, why = None, ""
-            if rnd > 0:
-                self.review_next(last_preds)
+            pending = self.work / f"pending-{self.strategy}-seed{a.seed}-round{rnd}.json"
+            if rnd > 0 and pending.exists():  # reviewed and trained before an interruption: go on from there
+                p = json.loads(pending.read_text())
+                promoted, why, t_before = p["promoted"], p["why"], p["seconds"]
+            elif rnd > 0:
+                self.review_next()
                 if a.finetune:
                     promoted, why = self.finetune()
-            preds = self.label()
+                t_before = time.monotonic() - t0
+                self.save_pending(pending, promoted, why, t_before)
+            else:
+                t_before = 0.0
+            t0 = time.monotonic() - t_before
+            preds = self.label(rnd)
             seconds = time.monotonic() - t0
             free = [i for i in range(len(self.rows)) if i not in self.reviewed]
             correct = np.array([preds[i].label == self.gold[i] for i in free], dtype=float)
@@ -173,17 +201,21 @@ class Loop:
             print(f"[{self.strategy} seed {a.seed}] round {rnd}: acc {correct.mean():.3f} ECE {ece:.3f} "
                   f"flag-recall {recall} promoted {promoted} T={rep.temperature} ({rep.calibrated_on}) "
                   f"{seconds:.0f}s {why}", flush=True)
-            last_preds = preds
+            # the review queue: consistency flags first, then expected error (least confident first)
+            self.queue = sorted(free, key=lambda i: (not any(f.kind == "inconsistent" for f in preds[i].flags),
+                                                     preds[i].confidence, i))
+            self.round = rnd + 1
+            self.save()
         return self.res
 
-    def review_next(self, preds) -> None:
-        free = [i for i in range(len(self.rows)) if i not in self.reviewed]
+    def save_pending(self, path: Path, promoted, why: str, seconds: float) -> None:
+        self.save()
+        path.write_text(json.dumps({"promoted": promoted, "why": why, "seconds": seconds}))
+
+    def review_next(self) -> None:
+        free = [i for i in self.queue if i not in self.reviewed]
         k = min(self.args.per_round, len(free))
-        if self.strategy == "random":
-            chosen = self.rng.choice(free, size=k, replace=False)
-        else:  # the review queue: consistency flags first, then expected error (least confident first)
-            chosen = sorted(free, key=lambda i: (not any(f.kind == "inconsistent" for f in preds[i].flags),
-                                                 preds[i].confidence, i))[:k]
+        chosen = self.rng.choice(free, size=k, replace=False) if self.strategy == "random" else free[:k]
         for i in chosen:
             self.reviewed[int(i)] = self.gold[int(i)]
 
@@ -218,7 +250,8 @@ def headline(args, rows, gold, out_dir: Path) -> dict:
         ts = TrainingSet(rows=[TrainingRow(row=dict(rows[i]), label=y, source="file", task_id=i)
                                for i, y in zip(train, labels)])
         v = train_version(ts, "classify", args.labels, out_dir / f"headline-{name}-seed{args.seed}", args.model,
-                          TrainConfig(max_steps=args.train_steps, seed=args.seed, context_tokens=args.context_tokens))
+                          TrainConfig(max_steps=args.train_steps, seed=args.seed, batch_size=args.train_batch,
+                                      context_tokens=args.train_context_tokens))
         out[name] = evaluate(load_lm(str(v.path), "none"))
         print(f"headline {name}: {out[name]}", flush=True)
     print(f"\nFine-tuning on ICM's own labels vs gold labels ({n} tasks each; ICM's labels {out['icm_label_accuracy']:.3f} "
@@ -258,7 +291,10 @@ def main() -> int:
     ap.add_argument("--max-iters", type=int, default=None, help="ICM iteration cap (default 20 x unlabelled)")
     ap.add_argument("--gate-iters", type=int, default=None, help="ICM iteration cap inside the promotion gate")
     ap.add_argument("--context-tokens", type=int, default=384)
-    ap.add_argument("--train-steps", type=int, default=48)
+    ap.add_argument("--train-steps", type=int, default=24)
+    ap.add_argument("--train-batch", type=int, default=4)
+    ap.add_argument("--train-context-tokens", type=int, default=192,
+                    help="context budget of the in-context training prompts (memory and time grow with it)")
     ap.add_argument("--no-finetune", dest="finetune", action="store_false")
     ap.add_argument("--no-random", dest="random", action="store_false", help="skip the random-review baseline")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the gold-label ceiling")

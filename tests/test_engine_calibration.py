@@ -129,3 +129,18 @@ def test_bad_review_settings_name_the_field():
         ReviewConfig(fraction=1.5)
     with pytest.raises(InputError, match="review threshold -1"):
         ReviewConfig(threshold=-1)
+
+
+def test_labels_picked_by_the_review_queue_do_not_set_the_temperature():
+    rng = np.random.default_rng(6)
+    logits = rng.normal(0, 3, (400, 2))
+    truth = np.array([rng.choice(2, p=p) for p in softmax_t(logits, 1.0)])
+    rows = np.log(softmax_t(logits * 0.3, 1.0))
+    zs = np.log(softmax_t(logits * 0.5 + rng.normal(0, 2, (400, 2)), 1.0))  # a weaker independent view
+    least = np.argsort(softmax_t(rows, 1.0).max(1))[:40]  # what a review queue hands to humans
+    fixed = {int(i): int(truth[i]) for i in least}
+    _, rep = assess(classify(400), [rows], zs, fixed, ReviewConfig(), use_consistency=True)
+    assert "not a random sample" in rep.calibrated_on and rep.kappa_zero_shot is not None
+    randomly = {int(i): int(truth[i]) for i in rng.choice(400, 40, replace=False)}
+    _, rep = assess(classify(400), [rows], zs, randomly, ReviewConfig(), use_consistency=True)
+    assert rep.calibrated_on == "40 accepted labels"
