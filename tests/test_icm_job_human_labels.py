@@ -43,3 +43,23 @@ def test_annotations_are_fixed_rows_in_every_shard_and_get_no_prediction(make):
         got = {texts[i]: lab for i, lab in fixed.items()}
         assert got == humans  # every shard: the three human labels, as fixed rows, nothing else
     assert sorted({p["task"] for p in ls.preds}) == list(range(4, 41))  # annotated tasks are not relabelled
+
+
+def test_an_unreliable_labelling_is_said_in_the_job_status(make):
+    from icm_backend.engine.calibration import Assessment
+    from icm_backend.engine.types import Labelling
+
+    def unsure(rows, **kw):
+        out = Labelling(fake_label_rows(rows, **kw))
+        out.assessment = Assessment(n=len(rows), n_fixed=0, temperature=5.0, calibrated_on="agreement with zero-shot",
+                                    estimated_accuracy=0.52, kappa_zero_shot=0.0, label_share={}, marginal={},
+                                    drift=0.0, drift_corrected=False, reliable=False,
+                                    reasons=["estimated accuracy 0.52 is under 0.70"])
+        return out
+
+    ls = FakeLS(range(1, 21))
+    app, backend = make(ls, labeler=unsure, shard_size=10)
+    job = run_job(backend)
+    assert job.status == "done", job.error
+    assert "UNRELIABLE labelling (2 of 2 shard(s)): estimated accuracy 0.52 is under 0.70" in job.message
+    assert job.state["assessment"]["0"]["reliable"] is False

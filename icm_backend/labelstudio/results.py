@@ -52,8 +52,9 @@ def review_reason(task_id: int, pred: Prediction, rowset: RowSet, threshold: flo
                     continue  # comparison tasks hold both orders of a pair: a task cannot conflict with itself
                 clauses.append(f"task #{other}: the two " + RELATION_TEXT.get(rel, "conflict"))
             parts.append("inconsistent with " + ("; ".join(clauses) if clauses else "another task"))
-        elif flag.kind == LOW_CONFIDENCE:
-            parts.append(f"low confidence {pred.confidence:.2f} < {threshold:.2f}")
+        elif flag.kind == LOW_CONFIDENCE:  # the engine says which rule flagged it (threshold or review budget)
+            parts.append(f"low {flag.reason}" if flag.reason.startswith("confidence") else
+                         f"low confidence {pred.confidence:.2f} < {threshold:.2f}")
         else:
             parts.append(f"{flag.kind}: {flag.reason}")
     return "; ".join(parts)

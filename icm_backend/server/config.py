@@ -37,7 +37,9 @@ class ServerConfig:
     method: str = "icm"  # what jobs and small in-request batches run
     sync_max_tasks: int = 16  # batches up to this size are labelled by ICM inside the request (within the budget)
     predict_budget_s: float = 8.0  # ICM_PREDICT_BUDGET_S: /predict answers within this; the rest is the job's
-    review_threshold: float = 0.6  # confidence under this -> flagged low_confidence
+    review_threshold: float = 0.6  # confidence under this -> flagged low_confidence (only if review_by_threshold)
+    review_by_threshold: bool = False  # ICM_REVIEW_THRESHOLD set: flag by it; else by the review budget
+    review_fraction: float = 0.2  # ICM_REVIEW_FRACTION: flag this share of each labelling, least confident first
     shard_size: int = 128  # a job labels (and pushes to LS) this many tasks at a time; groups stay together
     seed: int = 0
     max_iters: int | None = None  # ICM_MAX_ITERS: cap on ICM search iterations per shard (engine default 20*N)
@@ -84,6 +86,9 @@ class ServerConfig:
         threshold = _float(env, "ICM_REVIEW_THRESHOLD", 0.6)
         if not 0.0 <= threshold <= 1.0:
             raise InputError(f"ICM_REVIEW_THRESHOLD={threshold}: expected a number in [0, 1]")
+        fraction = _float(env, "ICM_REVIEW_FRACTION", 0.2)
+        if not 0.0 <= fraction <= 1.0:
+            raise InputError(f"ICM_REVIEW_FRACTION={fraction}: expected a number in [0, 1]")
         return cls(
             model_dir=Path(env.get("MODEL_DIR") or "./data/server"),
             label_studio_url=env.get("LABEL_STUDIO_URL") or env.get("LABEL_STUDIO_HOST") or None,
@@ -99,6 +104,8 @@ class ServerConfig:
             sync_max_tasks=_int(env, "ICM_SYNC_MAX_TASKS", 16),
             predict_budget_s=_float(env, "ICM_PREDICT_BUDGET_S", 8.0),
             review_threshold=threshold,
+            review_by_threshold=env.get("ICM_REVIEW_THRESHOLD") not in (None, ""),
+            review_fraction=fraction,
             shard_size=max(1, _int(env, "ICM_JOB_SHARD_SIZE", 128)),
             seed=_int(env, "ICM_SEED", 0),
             max_iters=_int(env, "ICM_MAX_ITERS", 0) or None,

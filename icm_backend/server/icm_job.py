@@ -169,6 +169,9 @@ class ICMJob:
             state["carry"] = carry
             state.setdefault("carried", {})[str(k)] = len(fixed)
             state["flagged"] = state.get("flagged", 0) + sum(p.flagged for p in preds.values())
+            assessment = getattr(preds, "assessment", None)
+            if assessment is not None:  # calibration and the "does the model know" check, per shard
+                state.setdefault("assessment", {})[str(k)] = assessment.to_json()
             state["not_labelled"] = state.get("not_labelled", 0) + len(failed)
             state["not_labelled_tasks"] = {**state.get("not_labelled_tasks", {}),
                                            **{str(t): r for t, r in list(failed.items())[:50]}}
@@ -188,7 +191,16 @@ class ICMJob:
             state["model_version_set"] = run["published"]
             ctx.save_state(state)
         human_note = f", {len(human)} human labels fixed in context" if human else ""
-        return f"{total - failed} tasks labelled{human_note}, {flagged} flagged for review{failed_note}, {where}"
+        unreliable = [a for a in state.get("assessment", {}).values() if not a.get("reliable", True)]
+        verdict = ""
+        if unreliable:
+            verdict = (f"; UNRELIABLE labelling ({len(unreliable)} of {len(state['assessment'])} shard(s)): "
+                       + "; ".join(unreliable[0].get("reasons") or []))
+        elif state.get("assessment"):
+            accs = [a["estimated_accuracy"] for a in state["assessment"].values() if a.get("estimated_accuracy")]
+            verdict = f"; estimated accuracy {min(accs):.2f}" if accs else ""
+        return (f"{total - failed} tasks labelled{human_note}, {flagged} flagged for review{failed_note}, "
+                f"{where}{verdict}")
 
     # -- Label Studio ------------------------------------------------------------------------
     def _human_labels(self, project: int, spec, task_ids: set) -> list[list]:

@@ -64,6 +64,13 @@ def remote_loader(config: ServerConfig) -> Callable[[str], object]:
     return load
 
 
+class LabelledTasks(dict):
+    """ModelHost.label's result: {task id: TaskPrediction}, plus the engine's project-level `assessment`
+    (engine.calibration.Assessment, or None from a labeler that gives none)."""
+
+    assessment = None
+
+
 class ModelHost:
     def __init__(self, config: ServerConfig, labeler: LabelFn | None = None,
                  loader: Callable[[str], object] | None = None):
@@ -145,10 +152,11 @@ class ModelHost:
         config = SearchConfig(max_iters=self.config.max_iters, checkpoint_every_s=self.config.checkpoint_every_s)
         extra = {"fixed": fixed_rows} if fixed_rows else {}
         try:
-            preds = list(self.labeler(
+            raw = (self.labeler(
                 rowset.rows, task=spec.task, labels=spec.labels if spec.task == "classify" else None, method=method,
                 model=model, seed=self.config.seed, checkpoint=checkpoint, progress=relay if progress else None,
-                config=config, review_threshold=self.config.review_threshold, **extra))
+                config=config, **self._review_settings(), **extra))
+            preds = list(raw)
         except Exception as exc:
             if raised and exc is raised[-1]:
                 raise
@@ -156,7 +164,16 @@ class ModelHost:
                 raise ModelUnavailable(str(exc)) from exc
             return self._isolate(spec, tasks, rowset, method, progress, version, exc)
         out = P.build(spec, rowset, preds, self.config.review_threshold)
-        return {tid: p for tid, p in out.items() if tid in mine}
+        labelled = LabelledTasks({tid: p for tid, p in out.items() if tid in mine})
+        labelled.assessment = getattr(raw, "assessment", None)  # calibration / reliability of this labelling
+        return labelled
+
+    def _review_settings(self) -> dict:
+        """Low-confidence flags by ICM_REVIEW_THRESHOLD when it is set, else by the ICM_REVIEW_FRACTION budget."""
+        cfg = self.config
+        if getattr(cfg, "review_by_threshold", False):
+            return {"review_threshold": cfg.review_threshold}
+        return {"review_threshold": None, "review_fraction": getattr(cfg, "review_fraction", 0.2)}
 
     def _isolate(self, spec, tasks, rowset, method, progress, version, exc) -> dict[int, P.TaskPrediction]:
         """The engine failed on this batch: label each half on its own until the failing task is alone."""
