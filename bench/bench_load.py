@@ -134,6 +134,7 @@ def main() -> int:
             time.sleep(1)
         if job_id is None:
             raise SystemExit("the ICM job never ran with the model loaded")
+        rss_job_start = server.memory_info().rss
         time.sleep(args.warmup)  # the job's own working set grows at first: measure the load, not that
         rss_before = server.memory_info().rss
         load_before = os.getloadavg()[0]
@@ -229,7 +230,8 @@ def main() -> int:
               f"{max(ms, default=float('nan')):>9.1f}  {dict(sorted(codes[route].items()))}")
     mb = 1024 * 1024
     growth = (rss_after - rss_before) / rss_before
-    print(f"server RSS: {rss_before / mb:.0f} MiB before, {rss_after / mb:.0f} MiB after ({growth:+.1%}); "
+    print(f"server RSS: {rss_before / mb:.0f} MiB before, {rss_after / mb:.0f} MiB after ({growth:+.1%}); the job "
+          f"alone grew it {(rss_before - rss_job_start) / mb:+.0f} MiB in the {args.warmup:.0f}s warm-up before; "
           f"slow-client sockets opened: {slow_opened[0]}; job {job_id} {job['status']} "
           f"{cancel_s:.1f}s after cancel ({job['done']}/{job['total']} tasks done)")
     h99 = pct([v * 1000 for v in lat["/health"]], .99)

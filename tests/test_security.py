@@ -576,3 +576,22 @@ def test_real_engine_one_bad_task_costs_only_itself(tmp_path):
     assert r.status_code == 200 and len(res) == 10
     assert "not valid Unicode" in res[2]["error"] and "too long" in res[6]["error"]
     assert all(x.get("result") for i, x in enumerate(res) if i not in (2, 6)), res
+
+
+def test_front_serves_liveness_first_then_short_calls_then_predict():
+    from types import SimpleNamespace
+
+    from icm_backend.commands.serve import Lanes
+
+    def task(path):
+        return SimpleNamespace(requests=[SimpleNamespace(path=path)], name=path)
+
+    q = Lanes()
+    for path in ("/predict", "/setup", "/predict", "/health", "/webhook", "/", "/jobs"):
+        q.append(task(path))
+    order = []
+    while q:
+        order.append(q.popleft().name)
+    assert order == ["/health", "/", "/setup", "/webhook", "/jobs", "/predict", "/predict"]
+    with pytest.raises(IndexError):
+        q.popleft()

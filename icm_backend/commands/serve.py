@@ -7,7 +7,9 @@
 One process on purpose: the model and the job worker live in it; THREADS threads serve LS's concurrent
 calls. The front reads each request whole (headers and body, up to ICM_MAX_BODY_BYTES) on its own event
 loop before a thread sees it, so clients that send half a request and wait hold a socket, never a thread:
-/health and /setup stay answerable. Idle connections close after ICM_CHANNEL_TIMEOUT_S.
+/health and /setup stay answerable. Complete requests wait for a thread in three lanes, served in order:
+/health and / first, then everything but /predict (LS gives /setup 3 s and events 1 s), then /predict
+(100 s). Idle connections close after ICM_CHANNEL_TIMEOUT_S.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def run(args) -> int:
     from icm_backend.server.app import create_app, get_backend
     from icm_backend.server.config import ServerConfig
 
+    _limit_malloc_arenas()  # before any thread starts
     config = ServerConfig.from_env()
     app = create_app(config)
     warning = exposure_warning(args.host, config.auth_enabled)
@@ -95,13 +98,65 @@ def run(args) -> int:
     return 0
 
 
+class Lanes:
+    """waitress's task queue, in three lanes: liveness, the rest of LS's short calls, then /predict.
+    Drop-in for the deque ThreadedTaskDispatcher uses (append, popleft, len, truth)."""
+
+    FIRST = ("/health", "/")
+
+    def __init__(self):
+        from collections import deque
+
+        self.lanes = (deque(), deque(), deque())
+
+    @classmethod
+    def lane(cls, task) -> int:
+        requests = getattr(task, "requests", None) or [None]
+        path = getattr(requests[0], "path", "") or ""
+        if path in cls.FIRST:
+            return 0
+        return 2 if path.startswith("/predict") else 1
+
+    def append(self, task) -> None:
+        self.lanes[self.lane(task)].append(task)
+
+    def popleft(self):
+        for lane in self.lanes:
+            if lane:
+                return lane.popleft()
+        raise IndexError("pop from an empty queue")
+
+    def __len__(self) -> int:
+        return sum(len(lane) for lane in self.lanes)
+
+    def __bool__(self) -> bool:
+        return any(self.lanes)
+
+
+def _limit_malloc_arenas() -> None:
+    """glibc gives each thread its own malloc arena and seldom hands them back: RSS grows with the number of
+    request threads. Two arenas (as MALLOC_ARENA_MAX=2 would) unless the environment says otherwise."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def make_server(app, config, host: str, port: int, threads: int):
     """The waitress front `serve` runs (port 0 = any free port; `.effective_port`, `.run()`, `.close()`)."""
     from waitress.server import create_server
+    from waitress.task import ThreadedTaskDispatcher
 
+    dispatcher = ThreadedTaskDispatcher()
+    dispatcher.queue = Lanes()
+    dispatcher.set_thread_count(threads)  # waitress does this only for a dispatcher of its own
     channel_timeout = int(os.environ.get("ICM_CHANNEL_TIMEOUT_S") or 30)
     return create_server(
-        app, host=host, port=port, threads=threads, ident="icm-backend",
+        app, _dispatcher=dispatcher, host=host, port=port, threads=threads, ident="icm-backend",
         max_request_body_size=config.max_body_bytes, max_request_header_size=64 * 1024,
         channel_timeout=channel_timeout, cleanup_interval=min(10, channel_timeout),
         connection_limit=int(os.environ.get("ICM_CONNECTION_LIMIT") or 1000), asyncore_use_poll=True,
