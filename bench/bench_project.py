@@ -1,0 +1,339 @@
+"""Benchmark whole Label Studio projects: what "Retrieve predictions" costs a user, and whether shards learn.
+
+    # 1. scale, on a REAL Label Studio 1.23.2 (.venv-ls) with the backend as a real server:
+    #    2,000 SST-2 texts (dev + test), ICM_METHOD=zero-shot, smollm2-135m
+    flock /tmp/icm-cpu.lock python bench/bench_project.py scale
+    # 2. shards that learn: default ICM (gemma3-270m) on 512 SST-2 dev texts, 4 shards of 128, with and without
+    #    the confident labels of finished shards carried in as fixed examples. Resumable: each call runs at most
+    #    --budget-s seconds (the job resumes from its checkpoints next time); run until it says "done".
+    flock /tmp/icm-cpu.lock python bench/bench_project.py carry --carry on
+    flock /tmp/icm-cpu.lock python bench/bench_project.py carry --carry off
+    # 3. the tables (scale, carry, what 10k / 100k tasks cost at the measured rates)
+    python bench/bench_project.py table
+
+Results accumulate in --workdir (default /tmp/icm-bench-project/results.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+CONFIG_XML = (REPO / "label_config" / "classify.xml").read_text()
+SHARED = Path(os.environ.get("ICM_SHARED_DIR", REPO.parent / "shared"))
+LABELS = {"1": "Positive", "0": "Negative"}
+
+
+def sst2(split: str) -> list[tuple[str, str | None]]:
+    """(text, gold label or None). test.tsv has no gold labels (its label column is a row index)."""
+    lines = (SHARED / "data" / "sst2" / f"{split}.tsv").read_text().splitlines()[1:]
+    out = []
+    for line in lines:
+        text, label = line.rsplit("\t", 1)
+        out.append((text.strip(), LABELS.get(label.strip()) if split == "dev" else None))
+    return out
+
+
+def load_results(workdir: Path) -> dict:
+    f = workdir / "results.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
+def save_results(workdir: Path, key: str, value) -> None:
+    res = load_results(workdir)
+    res[key] = value
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "results.json").write_text(json.dumps(res, indent=1))
+
+
+def label_of(item: dict | None) -> str | None:
+    for r in (item or {}).get("result") or []:
+        if r.get("type") == "choices" and r.get("from_name") == "label":
+            return r["value"]["choices"][0]
+    return None
+
+
+# -- 1. scale on a real Label Studio -----------------------------------------------------------------
+def scale(args) -> None:
+    from backend_process import BackendProcess, wait_for
+    from label_studio_harness import LabelStudioServer, free_port
+
+    work = Path(tempfile.mkdtemp(prefix="bench-project-"))
+    data = (sst2("dev") + sst2("test"))[:args.tasks]
+    gold = [g for _, g in data]
+    print(f"starting Label Studio and the backend in {work} ...", flush=True)
+    ls_server = LabelStudioServer.start(work / "ls")
+    backend = BackendProcess(port=free_port(), model_dir=work / "model", env={
+        "ICM_MODEL": args.model, "ICM_METHOD": args.method, "LABEL_STUDIO_URL": ls_server.url,
+        "LABEL_STUDIO_API_KEY": ls_server.token, "ICM_JOB_SHARD_SIZE": str(args.shard_size), "LOG_LEVEL": "INFO"})
+    backend.start()
+    ls = ls_server.client
+    H = ls_server.headers
+    out: dict = {"tasks": len(data), "model": args.model, "method": args.method, "shard_size": args.shard_size,
+                 "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
+    try:
+        project = ls.projects.create(title=f"bench {len(data)}", label_config=CONFIG_XML)
+        t0 = time.monotonic()
+        ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in data])
+        out["import_s"] = time.monotonic() - t0
+        task_ids = sorted(t["id"] for t in _dm_tasks(ls_server, project.id, fields="task_only"))
+        assert len(task_ids) == len(data), len(task_ids)
+        ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")
+        version = requests.get(backend.url + "/health", timeout=5).json()["model_version"]
+
+        def retrieve() -> float:
+            t = time.monotonic()
+            ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
+                              selected_items={"all": True, "excluded": []})
+            return time.monotonic() - t
+
+        t_start = time.monotonic()
+        out["retrieve_first_s"] = retrieve()
+        job = wait_for(lambda: (requests.get(backend.url + "/jobs", timeout=5).json()["jobs"] or [None])[0],
+                       30, "the job")
+        job_url = f"{backend.url}/jobs/{job['id']}"
+        first = wait_for(lambda: (lambda j: (j["status"] in ("done", "failed") or j["state"].get("done_shards"))
+                                  and j)(requests.get(job_url, timeout=5).json()), 3600, "the first shard")
+        out["first_shard_s"] = time.monotonic() - t_start
+        if first["status"] == "running":
+            out["retrieve_during_job_s"] = retrieve()  # LS sends every task still without a prediction
+        last_print = 0.0
+
+        def finished():
+            nonlocal last_print
+            j = requests.get(job_url, timeout=5).json()
+            if time.monotonic() - last_print > 30:
+                print(f"  job {j['id']}: {j['status']} {j['done']}/{j['total']} {j['message'][:80]}", flush=True)
+                last_print = time.monotonic()
+            if j["status"] in ("failed", "cancelled"):
+                raise RuntimeError(f"job {j['status']}: {j['error']}")
+            return j["status"] == "done" and j
+        job = wait_for(finished, 6 * 3600, "the job", every=1.0)
+        out["job_s"] = time.monotonic() - t_start
+        out["job_message"] = job["message"]
+        out["load_after"] = os.getloadavg()[0]
+
+        # write-back: the job's own timings of each bulk import
+        log_text = backend.log_path.read_text(errors="replace")
+        writes = [(int(n), float(s)) for n, s in
+                  re.findall(r"job \d+: (\d+) predictions written to Label Studio in ([\d.]+)s", log_text)]
+        out["import_requests"] = len(writes)
+        out["imported"] = sum(n for n, _ in writes)
+        out["write_back_per_s"] = out["imported"] / max(1e-9, sum(s for _, s in writes))
+        out["invalid_page_errors"] = ls_server.log_tail(10**9).count("Invalid page")
+
+        # exactly once, the score column, accuracy on the dev part
+        preds = ls.predictions.list(project=project.id)
+        per_task: dict[int, int] = {}
+        for p in preds:
+            per_task[p.task] = per_task.get(p.task, 0) + 1
+        out["predictions"] = len(preds)
+        out["tasks_with_exactly_one"] = sum(1 for t in task_ids if per_task.get(t) == 1)
+        out["versions"] = sorted({p.model_version for p in preds})
+        proj = requests.get(f"{ls_server.url}/api/projects/{project.id}", headers=H, timeout=10).json()
+        out["project_model_version_is_served"] = proj["model_version"] == version
+        dm = _dm_tasks(ls_server, project.id, fields="all")
+        out["score_column_filled"] = sum(1 for t in dm if t.get("predictions_score") is not None)
+        by_task = {p.task: p for p in preds}
+        right = [label_of({"result": by_task[tid].result}) == g for tid, g in zip(task_ids, gold)
+                 if g is not None and tid in by_task]
+        out["dev_accuracy"] = sum(right) / len(right) if right else None
+        out["dev_tasks"] = len(right)
+        out["retrieve_after_job_s"] = retrieve()
+        out["predictions_after_second_retrieve"] = len(ls.predictions.list(project=project.id))
+    finally:
+        backend.stop()
+        ls_server.stop()
+    save_results(args.workdir, f"scale-{args.method}-{args.model}", out)
+    print(json.dumps(out, indent=1))
+
+
+def _dm_tasks(server, project: int, fields: str) -> list[dict]:
+    out, page = [], 1
+    while True:
+        r = requests.get(server.url + "/api/tasks", headers=server.headers, timeout=120,
+                         params={"project": project, "fields": fields, "page": page, "page_size": 1000})
+        r.raise_for_status()
+        body = r.json()
+        out += body["tasks"]
+        if len(out) >= body["total"] or not body["tasks"]:
+            return out
+        page += 1
+
+
+# -- 2. shards that learn --------------------------------------------------------------------------
+def carry(args) -> None:
+    from icm_backend.jobs.db import Database
+    from icm_backend.jobs.predictions import PredictionStore
+    from icm_backend.jobs.queue import JobStore
+    from icm_backend.server.app import create_app, get_backend
+    from icm_backend.server.config import ServerConfig
+    from icm_backend.server.icm_job import CARRY_MAX, shard_tasks
+
+    data = sst2("dev")[:args.tasks]
+    tasks = [{"id": i + 1, "data": {"text": t}} for i, (t, _) in enumerate(data)]
+    gold = {i + 1: g for i, (_, g) in enumerate(data)}
+    shards = shard_tasks(tasks, args.shard_size)
+    model_dir = args.workdir / f"carry-{args.carry}"
+    cfg = ServerConfig(model_dir=model_dir, model_name=args.model, method="icm", shard_size=args.shard_size,
+                       max_iters=args.max_iters or None, seed=args.seed)
+    app = create_app(cfg, start_worker=False)
+    backend = get_backend(app)
+    version = backend.model_version()
+    project = 1
+    jobs = backend.jobs.list_jobs(project=project)
+    if not jobs:
+        params = {"label_config": CONFIG_XML, "method": "icm", "tasks": tasks, "shard_size": args.shard_size,
+                  "carry_max": CARRY_MAX if args.carry == "on" else 0}
+        job = backend.jobs.create_job("icm", project, version, params)
+        other = args.workdir / "carry-on" / "icm_backend.sqlite3"
+        if args.carry == "off" and other.exists():
+            # shard 1 has nothing to carry either way: the same rows, seed and model give the same labels, so
+            # take them from the "on" run instead of computing them twice
+            done = [j for j in JobStore(Database(other)).list_jobs(project=project)
+                    if 0 in j.state.get("done_shards", [])]
+            if done:
+                first = PredictionStore(Database(other)).get_predictions(project, version,
+                                                                         [t["id"] for t in shards[0]])
+                backend.predictions.put_predictions(project, version, first, job_id=job.id)
+                backend.jobs.update_job(job.id, state={"done_shards": [0], "carry": [], "carried": {"0": 0},
+                                                       "reused_first_shard": True})
+                print("shard 1 taken from the carry-on run (identical input)", flush=True)
+    job = backend.jobs.list_jobs(project=project)[0]
+    res = load_results(args.workdir).get(f"carry-{args.carry}", {"shard_s": {}})
+    deadline = time.monotonic() + args.budget_s
+    seen_done = set(job.state.get("done_shards", []))
+    shard_t0 = time.monotonic()
+    if job.status not in ("done", "failed", "cancelled"):
+        backend.runner.ensure_started()  # picks the queued job, or requeues the one a killed run left running
+        while time.monotonic() < deadline:
+            job = backend.jobs.get_job(job.id)
+            done = set(job.state.get("done_shards", []))
+            for k in sorted(done - seen_done):  # a shard that started and ended in this run: its wall time
+                res["shard_s"].setdefault(str(k), time.monotonic() - shard_t0)
+                shard_t0 = time.monotonic()
+            seen_done = done
+            if job.status in ("done", "failed", "cancelled"):
+                break
+            time.sleep(2)
+        backend.runner.stop(timeout=1)
+    job = backend.jobs.get_job(job.id)
+    acc = {}
+    for k, shard in enumerate(shards):
+        if k not in job.state.get("done_shards", []):
+            continue
+        items = backend.predictions.get_predictions(project, version, [t["id"] for t in shard])
+        right = [label_of(items.get(t["id"])) == gold[t["id"]] for t in shard]
+        acc[str(k)] = sum(right) / len(right)
+    res.update({"status": job.status, "error": job.error, "accuracy": acc, "carried": job.state.get("carried", {}),
+                "model": cfg.base_model, "max_iters": args.max_iters or "default (20 x N)", "tasks": len(tasks),
+                "shard_size": args.shard_size, "load": os.getloadavg()[0]})
+    save_results(args.workdir, f"carry-{args.carry}", res)
+    print(json.dumps(res, indent=1))
+    print("done" if job.status == "done" else f"not finished ({job.status}): run the same command again")
+    os._exit(0)  # the job thread may still be inside the model: do not wait for it
+
+
+# -- 3. tables --------------------------------------------------------------------------------------
+def table(args) -> None:
+    res = load_results(args.workdir)
+    rows = []
+    for key, r in sorted(res.items()):
+        if not key.startswith("scale-"):
+            continue
+        n = r["tasks"]
+        rows += [(f"{n} tasks, {r['method']}, {r['model']}", "", ""),
+                 ("  Retrieve predictions, first (job starts)", f"{r['retrieve_first_s']:.2f} s", "target < 10 s"),
+                 ("  Retrieve while the job runs", f"{r.get('retrieve_during_job_s', float('nan')):.2f} s",
+                  "LS sends every task still without a prediction"),
+                 ("  Retrieve after the job", f"{r['retrieve_after_job_s']:.2f} s",
+                  f"predictions after it: {r['predictions_after_second_retrieve']}"),
+                 ("  first shard visible in LS", f"{r['first_shard_s']:.1f} s", f"shard = {r['shard_size']} tasks"),
+                 ("  whole job (Retrieve -> done)", f"{r['job_s']:.1f} s", f"{n / r['job_s']:.1f} tasks/s"),
+                 ("  write-back (bulk import)", f"{r['write_back_per_s']:.0f} pred/s",
+                  f"{r['import_requests']} requests for {r['imported']} predictions"),
+                 ("  tasks with exactly one prediction", f"{r['tasks_with_exactly_one']}/{n}",
+                  f"versions {', '.join(r['versions'])}"),
+                 ("  project model_version = served; score column filled",
+                  f"{r['project_model_version_is_served']}", f"{r['score_column_filled']}/{n} tasks"),
+                 ("  accuracy on the SST-2 dev part", f"{r['dev_accuracy']:.3f}", f"{r['dev_tasks']} tasks"),
+                 ("  'Invalid page' errors in the LS log", f"{r['invalid_page_errors']}", "")]
+    for mode in ("on", "off"):
+        r = res.get(f"carry-{mode}")
+        if not r:
+            continue
+        accs = " ".join(f"{float(r['accuracy'][k]):.3f}" if k in r["accuracy"] else "  -  " for k in
+                        (str(i) for i in range(r["tasks"] // r["shard_size"])))
+        times = ", ".join(f"{float(s):.0f}s" for s in r.get("shard_s", {}).values())
+        rows.append((f"ICM {r['tasks']} tasks, carry {mode} ({r['model']}, iters {r['max_iters']})",
+                     accs, f"{r['status']}; carried {r['carried']}; shard wall {times or 'n/a'}"))
+    w0 = max([len(a) for a, _, _ in rows] + [10])
+    w1 = max([len(b) for _, b, _ in rows] + [5])
+    print(f"\nbench_project  cpus={os.cpu_count()}")
+    print(f"{'what':<{w0}}  {'value':>{w1}}  notes")
+    print("-" * (w0 + w1 + 40))
+    for a, b, c in rows:
+        print(f"{a:<{w0}}  {b:>{w1}}  {c}")
+
+    # what bigger projects cost at these rates (the job's time scales with the task count; Retrieve does not)
+    scale_r = next((r for k, r in res.items() if k.startswith("scale-")), None)
+    on = res.get("carry-on")
+    print("\nprojected cost at the measured rates (local CPU, this machine)")
+    print(f"{'project':<10} {'Retrieve':>9} {'zero-shot job':>14} {'write-back':>11} {'ICM job (default)':>18}")
+    for n in (10_000, 100_000):
+        zs = n / (scale_r["tasks"] / scale_r["job_s"]) if scale_r else float("nan")
+        wb = n / scale_r["write_back_per_s"] if scale_r else float("nan")
+        icm = float("nan")
+        if on and on.get("shard_s"):
+            per_shard = sum(float(s) for s in on["shard_s"].values()) / len(on["shard_s"])
+            icm = n / on["shard_size"] * per_shard
+        ret = scale_r["retrieve_first_s"] if scale_r else float("nan")
+        print(f"{n:<10,} {ret:>8.1f}s {_dur(zs):>14} {_dur(wb):>11} {_dur(icm):>18}")
+    print("through a model server (vLLM): not measured here (the remote scorer has not been benchmarked on a "
+          "project yet)")
+
+
+def _dur(s: float) -> str:
+    if s != s:
+        return "n/a"
+    return f"{s:.0f} s" if s < 120 else (f"{s / 60:.0f} min" if s < 7200 else f"{s / 3600:.1f} h")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "icm-bench-project")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("scale")
+    a.add_argument("--tasks", type=int, default=2000)
+    a.add_argument("--model", default="smollm2-135m")
+    a.add_argument("--method", default="zero-shot")
+    a.add_argument("--shard-size", type=int, default=128)
+    b = sub.add_parser("carry")
+    b.add_argument("--carry", choices=("on", "off"), required=True)
+    b.add_argument("--tasks", type=int, default=512)
+    b.add_argument("--shard-size", type=int, default=128)
+    b.add_argument("--model", default=None, help="default: the embedded default model (gemma3-270m)")
+    b.add_argument("--max-iters", type=int, default=0, help="ICM iterations per shard (0 = engine default 20 x N)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--budget-s", type=float, default=540, help="stop after this long; rerun to resume")
+    sub.add_parser("table")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    {"scale": scale, "carry": carry, "table": table}[args.cmd](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
