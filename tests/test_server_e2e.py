@@ -63,7 +63,7 @@ def _run(ls, label_studio, backend: BackendProcess, shared_dir: Path) -> None:
     ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")
     version = requests.get(backend.url + "/health", timeout=2).json()["model_version"]
 
-    # Retrieve predictions: 30 tasks > ICM_SYNC_MAX_TASKS -> provisional answer + background job
+    # Retrieve predictions: 30 tasks > ICM_SYNC_MAX_TASKS -> no prediction in the answer, a background job
     t0 = time.monotonic()
     ls.actions.create(id="retrieve_tasks_predictions", project=project.id,
                       selected_items={"all": True, "excluded": []})
