@@ -10,6 +10,7 @@ starts the whole-project job (2 shards, the second with the first's confident la
 - a second Retrieve answers from the store and adds nothing;
 - in Chromium: log in, open the Data Manager, and the "Prediction score" column shows a score for every
   task (a screenshot is kept under the test's tmp dir; ICM_KEEP_SCREENSHOT=<path> copies it).
+And a backend whose model cannot load: Retrieve answers, LS stores no prediction, /jobs says why.
 """
 
 from __future__ import annotations
@@ -202,3 +203,32 @@ def test_browser_data_manager_shows_prediction_scores(labelled, label_studio, tm
         assert float(score) == pytest.approx(api[task_id], abs=6e-4), (task_id, score, api[task_id])
     shown_scores = [float(score) for _, score in rows]
     assert shown_scores == sorted(shown_scores), rows
+
+
+def test_a_failed_job_leaves_no_predictions_and_says_why(label_studio, shared_dir, tmp_path):
+    """A model that cannot load: Retrieve still answers at once, LS stores nothing (no empty predictions that
+    look like success), and the job's failure and its reason are in /jobs."""
+    ls = label_studio.client
+    backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
+        "ICM_MODEL": str(tmp_path / "no-such-model"), "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token, "ICM_SYNC_MAX_TASKS": "4", "LOG_LEVEL": "INFO"})
+    backend.start()
+    try:
+        project = ls.projects.create(title="icm broken model", label_config=CONFIG)
+        ls.projects.import_tasks(id=project.id, request=sst2(shared_dir, 10))
+        ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")
+        assert retrieve(ls, project.id) < 10
+
+        def failed():
+            jobs = requests.get(backend.url + "/jobs", timeout=5).json()["jobs"]
+            assert not jobs or jobs[0]["status"] != "done", jobs[0]
+            return jobs and jobs[0]["status"] == "failed" and jobs[0]
+        job = wait_for(failed, 120, "the job to fail")
+        assert "cannot be loaded" in job["error"], job["error"]  # the reason, in /jobs
+        assert ls.predictions.list(project=project.id) == []
+        assert all(t["predictions_score"] is None for t in dm_tasks(label_studio, project.id))
+    except Exception:
+        print("---- backend log ----\n" + backend.log_tail())
+        raise
+    finally:
+        backend.stop()
