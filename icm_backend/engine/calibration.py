@@ -54,7 +54,7 @@ class ReviewConfig:
     resamples: int = 2  # extra random context samples averaged into each row's scores (0 = off)
     min_fit: int = 16  # human labels needed to fit the temperature on them
     max_selection_shift: float = 0.5  # ... and how far their raw confidence may sit from the rest's (in sd)
-    min_rows_unsupervised: int = 24  # fewer rows: no unsupervised temperature or reliability check
+    min_rows_unsupervised: int = 8  # fewer rows: no unsupervised temperature or reliability check (kappa too noisy)
     min_accuracy: float | None = None  # estimated accuracy under this => unreliable (default 1/K + 0.4 (1 - 1/K))
     drift_tolerance: float = 0.15  # label share vs calibrated marginal, max over labels
     drift_guard: bool = True
