@@ -81,7 +81,7 @@ def bench_remote(rows, gold, seed: int, args) -> dict:
     q = after.get("vllm:prefix_cache_queries_total", 0) - before.get("vllm:prefix_cache_queries_total", 0)
     h = after.get("vllm:prefix_cache_hits_total", 0) - before.get("vllm:prefix_cache_hits_total", 0)
     s = scorer.stats
-    return {"side": f"vLLM ({args.model} at {args.server})", "load_s": load, "wall_s": wall, "accuracy": acc,
+    return {"side": f"vLLM ({args.model})", "server": args.server, "load_s": load, "wall_s": wall, "accuracy": acc,
             "lm_tokens": s.tokens_processed, "calls": s.forward_calls, "prefix_hit_rate": (h / q) if q else None,
             "server_tokens_computed": q - h, "fallback_rows": s.fallback_rows, "topk_rows": s.topk_rows,
             "retries": s.retries}
@@ -118,13 +118,14 @@ def _hours(seconds: float) -> str:
 
 def print_table(results: dict) -> None:
     print(f"\nICM, SST-2 dev rows 100-355, seed 0, {MODEL}, this 2-core CPU\n")
+    names = {"local": "in process (transformers, bf16)", "remote": "vLLM server, /v1/completions"}
     print(f"{'':34} {'wall':>7} {'rows/s':>7} {'LM tokens':>10} {'tok/row':>8} {'prefix hits':>11} {'accuracy':>8}")
     for side in ("local", "remote"):
         r = results.get(side)
         if not r:
             continue
         hit = f"{r['prefix_hit_rate']:.1%}" if r.get("prefix_hit_rate") is not None else "-"
-        print(f"{r['side'][:34]:34} {r['wall_s']:6.0f}s {r['rows'] / r['wall_s']:7.2f} {r['lm_tokens']:10,d} "
+        print(f"{names[side]:34} {r['wall_s']:6.0f}s {r['rows'] / r['wall_s']:7.2f} {r['lm_tokens']:10,d} "
               f"{r['lm_tokens'] / r['rows']:8.0f} {hit:>11} {r['accuracy']:8.3f}")
     if "remote" in results and results["remote"].get("server_tokens_computed") is not None:
         r = results["remote"]
@@ -139,7 +140,7 @@ def print_table(results: dict) -> None:
             continue
         per_row_s, per_row_tok = r["wall_s"] / r["rows"], r["lm_tokens"] / r["rows"]
         cells = [f"{_hours(per_row_s * n)}, {per_row_tok * n / 1e6:.0f}M tok" for n in (10_000, 100_000)]
-        print(f"{r['side'][:34]:34} {cells[0]:>22} {cells[1]:>22}")
+        print(f"{names[side]:34} {cells[0]:>22} {cells[1]:>22}")
 
 
 if __name__ == "__main__":
