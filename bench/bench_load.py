@@ -6,7 +6,9 @@
 1. starts `icm-backend serve` (real HTTP front, real model ICM_MODEL, default smollm2-135m) on a fresh MODEL_DIR
    whose store already holds predictions for project 1 (what a finished job leaves);
 2. starts an ICM job: POST /predict of --job-tasks SST-2 tasks for project 2 (no Label Studio: the job labels
-   the request's tasks), waits until it runs and the model is loaded; memory "before" = server RSS then;
+   the request's tasks, --shard at a time), waits until it runs with the model loaded, lets it warm up
+   (--warmup s), then measures the job alone for --control s (its own memory growth, no clients);
+   memory "before" = server RSS then;
 3. for --seconds: --clients threads, each on its own keep-alive connection, mixing GET /health (40 %),
    POST /setup (30 %) and POST /predict of 20 stored tasks (30 %); plus --slow clients that open a socket,
    send half a request, and hold it (reopening when the server closes it);
@@ -82,7 +84,10 @@ def main() -> int:
     ap.add_argument("--job-tasks", type=int, default=400)
     ap.add_argument("--store-tasks", type=int, default=200)
     ap.add_argument("--model", default=os.environ.get("ICM_MODEL", "smollm2-135m"))
-    ap.add_argument("--warmup", type=float, default=20.0, help="seconds of job before memory 'before' is taken")
+    ap.add_argument("--warmup", type=float, default=20.0, help="seconds of job before anything is measured")
+    ap.add_argument("--control", type=float, default=30.0,
+                    help="then seconds of job alone (no clients): its own memory growth, to set the load's apart")
+    ap.add_argument("--shard", type=int, default=32, help="ICM_JOB_SHARD_SIZE of the running job")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="icm-bench-load-"))
@@ -97,7 +102,7 @@ def main() -> int:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "BASIC_AUTH_"))}
     env.update({"MODEL_DIR": str(model_dir), "ICM_MODEL": args.model, "HF_HUB_OFFLINE": "1",
-                "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING"})
+                "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "ICM_JOB_SHARD_SIZE": str(args.shard)})
     log = open(work / "backend.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "icm_backend.cli", "serve", "--port", str(port),
                              "--threads", str(args.threads)], stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -134,8 +139,9 @@ def main() -> int:
             time.sleep(1)
         if job_id is None:
             raise SystemExit("the ICM job never ran with the model loaded")
-        rss_job_start = server.memory_info().rss
         time.sleep(args.warmup)  # the job's own working set grows at first: measure the load, not that
+        rss_job_start = server.memory_info().rss
+        time.sleep(args.control)
         rss_before = server.memory_info().rss
         load_before = os.getloadavg()[0]
 
@@ -230,8 +236,9 @@ def main() -> int:
               f"{max(ms, default=float('nan')):>9.1f}  {dict(sorted(codes[route].items()))}")
     mb = 1024 * 1024
     growth = (rss_after - rss_before) / rss_before
-    print(f"server RSS: {rss_before / mb:.0f} MiB before, {rss_after / mb:.0f} MiB after ({growth:+.1%}); the job "
-          f"alone grew it {(rss_before - rss_job_start) / mb:+.0f} MiB in the {args.warmup:.0f}s warm-up before; "
+    job_alone = (rss_before - rss_job_start) / rss_job_start
+    print(f"server RSS: {rss_before / mb:.0f} MiB before, {rss_after / mb:.0f} MiB after the load ({growth:+.1%}); "
+          f"the job alone, no clients, {args.control:.0f}s just before: {job_alone:+.1%}; "
           f"slow-client sockets opened: {slow_opened[0]}; job {job_id} {job['status']} "
           f"{cancel_s:.1f}s after cancel ({job['done']}/{job['total']} tasks done)")
     h99 = pct([v * 1000 for v in lat["/health"]], .99)
