@@ -2,14 +2,14 @@
 model's predictions (ICM's signal, mutual predictability), and how calibrated its label scores are.
 
     python bench/base_vs_instruct.py [--models gemma3-270m,smollm2-135m] [--rows 128]
-    python bench/base_vs_instruct.py --server http://127.0.0.1:8000/v1 --models base-name,instruct-name
 
 For each model, on SST-2 dev rows 100..: zero-shot, random-label few-shot and gold-label few-shot
 accuracy, ECE of the gold few-shot confidences, and the share of next-token probability mass on the two
 label words at the cue (in gold few-shot context). "context gain" = gold few-shot - random few-shot
 accuracy: what correct labels in context are worth, the quantity ICM's search climbs. The two local
 models differ in family and size as well as in tuning (the only two that ship offline): read the
-comparison as indicative; with --server, compare a base model and its own instruct variant.
+comparison as indicative; with the weights at hand, compare a base model and its own instruct variant
+(--models org/base,org/base-instruct, local folders or hub ids).
 """
 
 from __future__ import annotations
