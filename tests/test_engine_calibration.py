@@ -144,3 +144,18 @@ def test_labels_picked_by_the_review_queue_do_not_set_the_temperature():
     randomly = {int(i): int(truth[i]) for i in rng.choice(400, 40, replace=False)}
     _, rep = assess(classify(400), [rows], zs, randomly, ReviewConfig(), use_consistency=True)
     assert rep.calibrated_on == "40 accepted labels"
+
+
+def test_consistency_rules_alone_do_not_make_a_labelling_confident():
+    # Three different answers per question (at most one True): with a model that knows nothing, the rules
+    # alone make "False" likely (3 of 4 consistent labellings have it for each row). Gold: one True each.
+    rows = [{"question": f"q{g}", "cot": f"c{g}{a}", "answer": a, "consistency_id": f"g{g}"}
+            for g in range(8) for a in ("1", "2", "3")]
+    problem = build_problem(rows, "gsm8k")
+    rng = np.random.default_rng(7)
+    flat = np.log(softmax_t(rng.normal(0, 0.05, (24, 2)), 1.0))
+    zs = np.log(softmax_t(rng.normal(0, 1, (24, 2)), 1.0))
+    preds, rep = assess(problem, [flat], zs, {}, ReviewConfig(), use_consistency=True)
+    assert not rep.reliable and rep.estimated_accuracy is not None
+    assert abs(np.mean([p.confidence for p in preds]) - rep.estimated_accuracy) < 0.01
+    assert all(p.confidence >= 0.5 for p in preds)

@@ -312,6 +312,12 @@ def assess(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray
     share_after = np.bincount(labels[free], minlength=k) / max(int(free.sum()), 1)
 
     conf = probs[np.arange(n), labels]
+    if not fit_on_fixed and est_acc is not None and free.any() and conf[free].mean() > est_acc:
+        # Consistency rules can make a label likely on their own (at most one True among a question's
+        # different answers favours False whatever the model says): the confidence may not claim more than
+        # the labelling's estimated accuracy. Shrink towards 1/K so the mean matches it; order is kept.
+        s_ = (est_acc - 1.0 / k) / max(conf[free].mean() - 1.0 / k, 1e-9)
+        conf = np.where(free, 1.0 / k + (conf - 1.0 / k) * max(s_, 0.0), conf)
     reliable = not reasons
 
     # Flags.
