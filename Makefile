@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   installs, then runs ICM and its baselines on the embedded default model
-#   make test   installs (Label Studio in its own venv, Chromium for the report test), then runs the tests
+#   make test   installs (Label Studio and vLLM in their own venvs, Chromium + chromedriver), then runs the tests
 # GPU users: bring your own CUDA torch and run `make demo TORCH=` to skip the CPU pin.
 PY ?= python3
 TORCH ?= torch==2.13.0
