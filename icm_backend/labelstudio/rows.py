@@ -19,6 +19,12 @@ class RowSet:
     skipped: dict[int, str] = field(default_factory=dict)  # LS task id -> why it has no row (empty result)
 
 
+def task_group(data: dict) -> str | None:
+    """A task's consistency group, from the hidden group-id field (FIELD_ALIASES); None = no group."""
+    group = _get(data, None, FIELD_ALIASES["consistency_id"])
+    return None if group is None else str(group)
+
+
 def _get(data: dict, key: str | None, aliases: tuple[str, ...] = ()) -> object:
     for k in ((key,) if key else ()) + aliases:
         if k in data and data[k] not in (None, ""):
@@ -70,9 +76,9 @@ def _task_rows(out: RowSet, spec: ProjectSpec, tid: int, data: dict) -> None:
             return
         row = {"question": str(_get(data, spec.fields.get("question"), FIELD_ALIASES["question"]) or ""),
                "choice": str(claim)}
-        group = _get(data, None, FIELD_ALIASES["consistency_id"])
+        group = task_group(data)
         if group is not None:
-            row["consistency_id"] = str(group)
+            row["consistency_id"] = group
             answer = _get(data, None, FIELD_ALIASES["answer"])
             if answer is not None:
                 row["answer"] = str(answer)
@@ -84,7 +90,7 @@ def _task_rows(out: RowSet, spec: ProjectSpec, tid: int, data: dict) -> None:
             out.skipped[tid] = f"task data needs both {spec.fields['choice']!r} and {spec.fields['choice_2']!r}"
             return
         q = str(_get(data, spec.fields.get("question"), FIELD_ALIASES["question"]) or "")
-        group = str(_get(data, None, FIELD_ALIASES["consistency_id"]) or f"task-{tid}")
+        group = task_group(data) or f"task-{tid}"
         # Both orders of the pair in one group: the engine's asymmetry rule ("A better than B" and
         # "B better than A", exactly one True) is what keeps ICM off the all-True answer.
         _add(out, tid, {"question": q, "choice": str(a), "choice_2": str(b), "consistency_id": group}, True)

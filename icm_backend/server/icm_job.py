@@ -30,7 +30,8 @@ from icm_backend.server.model_host import ModelHost
 from icm_backend.jobs.predictions import PredictionStore
 from icm_backend.jobs.projects import ProjectStore
 from icm_backend.jobs.queue import JobContext
-from icm_backend.labelstudio.config import FIELD_ALIASES, parse_label_config
+from icm_backend.labelstudio.config import parse_label_config
+from icm_backend.labelstudio.rows import task_group
 from icm_backend.labelstudio.client import LabelStudioUnavailable, client_for
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,7 @@ def shard_tasks(tasks: list[dict], size: int) -> list[list[dict]]:
     """Cut into shards of ~size tasks without splitting a consistency group across shards."""
     groups: dict[str, list[dict]] = {}
     for t in tasks:
-        data = t.get("data") or {}
-        gid = next((str(data[k]) for k in FIELD_ALIASES["consistency_id"] if data.get(k) not in (None, "")),
-                   f"task-{t['id']}")
+        gid = task_group(t.get("data") or {}) or f"task-{t['id']}"
         groups.setdefault(gid, []).append(t)
     shards, cur = [], []
     for members in groups.values():
