@@ -16,24 +16,13 @@ import pytest
 import requests
 
 from backend_process import BackendProcess, wait_for
-from label_studio_harness import free_port
+from label_studio_harness import free_port, sst2_rows
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 N_TASKS = 12
 N_ANNOTATED = 8
-
-
-def sst2(shared_dir: Path, n: int) -> list[tuple[str, str]]:
-    path = shared_dir / "data" / "sst2" / "dev.tsv"
-    if not path.exists():
-        pytest.skip(f"SST-2 not found at {path}")
-    out = []
-    for line in path.read_text().splitlines()[1:n + 1]:
-        text, label = line.rsplit("\t", 1)
-        out.append((text.strip(), "Positive" if label.strip() == "1" else "Negative"))
-    return out
 
 
 def backend_env(label_studio, **extra) -> dict:
@@ -64,7 +53,7 @@ def test_finetune_e2e(label_studio, shared_dir, tmp_path):
 
 def _run(ls, label_studio, backend, shared_dir, model_dir, tmp_path) -> None:
     config = (REPO / "label_config" / "classify.xml").read_text()
-    rows = sst2(shared_dir, N_TASKS)
+    rows = sst2_rows(shared_dir, N_TASKS)
     project = ls.projects.create(title="icm finetune e2e", label_config=config)
     ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in rows])
     tasks = sorted(ls.tasks.list(project=project.id, page_size=100), key=lambda t: t.id)

@@ -25,21 +25,13 @@ import pytest
 import requests
 
 from backend_process import BackendProcess, wait_for
-from label_studio_harness import free_port
+from label_studio_harness import free_port, sst2_rows
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 N_TASKS = 40
 CONFIG = (REPO / "label_config" / "classify.xml").read_text()
-
-
-def sst2(shared_dir: Path, n: int) -> list[dict]:
-    path = shared_dir / "data" / "sst2" / "dev.tsv"
-    if not path.exists():
-        pytest.skip(f"SST-2 not found at {path}")
-    lines = path.read_text().splitlines()[1:n + 1]
-    return [{"text": line.split("\t")[0].strip()} for line in lines]
 
 
 def retrieve(ls, project_id: int) -> float:
@@ -72,7 +64,7 @@ def labelled(label_studio, shared_dir, tmp_path_factory):
     backend.start()
     try:
         project = ls.projects.create(title="icm score column", label_config=CONFIG)
-        ls.projects.import_tasks(id=project.id, request=sst2(shared_dir, N_TASKS))
+        ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in sst2_rows(shared_dir, N_TASKS)])
         ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")
         version = requests.get(backend.url + "/health", timeout=2).json()["model_version"]
         took = retrieve(ls, project.id)
@@ -215,7 +207,7 @@ def test_a_failed_job_leaves_no_predictions_and_says_why(label_studio, shared_di
     backend.start()
     try:
         project = ls.projects.create(title="icm broken model", label_config=CONFIG)
-        ls.projects.import_tasks(id=project.id, request=sst2(shared_dir, 10))
+        ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in sst2_rows(shared_dir, 10)])
         ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")
         assert retrieve(ls, project.id) < 10
 

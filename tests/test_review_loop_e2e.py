@@ -7,31 +7,19 @@ kept outside LS) is not lower; if not, the serving version and its predictions s
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
 from backend_process import BackendProcess, wait_for
-from label_studio_harness import free_port
+from label_studio_harness import free_port, sst2_rows
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 N_TASKS = 40
 N_ANNOTATED = 16
-
-
-def sst2(shared_dir: Path, n: int) -> list[tuple[str, str]]:
-    path = shared_dir / "data" / "sst2" / "dev.tsv"
-    if not path.exists():
-        pytest.skip(f"SST-2 not found at {path}")
-    out = []
-    for line in path.read_text().splitlines()[201:201 + n]:  # away from the rows other tests use
-        text, label = line.rsplit("\t", 1)
-        out.append((text.strip(), "Positive" if label.strip() == "1" else "Negative"))
-    return out
 
 
 def test_review_loop_e2e(label_studio, shared_dir, tmp_path):
@@ -77,7 +65,7 @@ def _accuracy(preds: dict, gold: dict, tasks: list[int]) -> float:
 
 def _run(ls, backend: BackendProcess, shared_dir: Path) -> None:
     config = (REPO / "label_config" / "classify.xml").read_text()
-    rows = sst2(shared_dir, N_TASKS)
+    rows = sst2_rows(shared_dir, N_TASKS, start=200)
     project = ls.projects.create(title="icm review loop e2e", label_config=config).id
     ls.projects.import_tasks(id=project, request=[{"text": t} for t, _ in rows])
     tasks = sorted(ls.tasks.list(project=project, page_size=100), key=lambda t: t.id)

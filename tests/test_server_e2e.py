@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from backend_process import BackendProcess, wait_for
-from label_studio_harness import free_port
+from label_studio_harness import free_port, sst2_rows
 
 pytestmark = pytest.mark.slow
 
@@ -26,14 +26,6 @@ N_TASKS = 30
 SHARD = 10
 # The real ICM search on the real tiny model; ICM_E2E_METHOD=bootstrap tests the plumbing faster.
 METHOD = os.environ.get("ICM_E2E_METHOD", "icm")
-
-
-def sst2(shared_dir: Path, n: int) -> list[dict]:
-    path = shared_dir / "data" / "sst2" / "dev.tsv"
-    if not path.exists():
-        pytest.skip(f"SST-2 not found at {path}")
-    lines = path.read_text().splitlines()[1:n + 1]
-    return [{"text": line.split("\t")[0].strip()} for line in lines]
 
 
 def test_label_studio_e2e(label_studio, shared_dir, tmp_path):
@@ -57,7 +49,7 @@ def test_label_studio_e2e(label_studio, shared_dir, tmp_path):
 
 def _run(ls, label_studio, backend: BackendProcess, shared_dir: Path) -> None:
     project = ls.projects.create(title="icm e2e sst2", label_config=(REPO / "label_config" / "classify.xml").read_text())
-    ls.projects.import_tasks(id=project.id, request=sst2(shared_dir, N_TASKS))
+    ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in sst2_rows(shared_dir, N_TASKS)])
     task_ids = sorted(t.id for t in ls.tasks.list(project=project.id, page_size=100))
     assert len(task_ids) == N_TASKS
     ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")
