@@ -1,4 +1,4 @@
-"""E2E against a REAL Label Studio 1.23.2 and the backend as a real gunicorn server with the real LM.
+"""E2E against a REAL Label Studio 1.23.2 and the backend as a real `icm-backend serve` process with the real LM.
 
 Flow: import ~30 SST-2 sentences with label_config/classify.xml, connect the backend, "Retrieve
 predictions" (a large batch: provisional answer + whole-project job), crash the backend mid-job

@@ -228,7 +228,7 @@ class JobRunner:
         return job
 
     def ensure_started(self) -> None:
-        """Idempotent. Called lazily: with gunicorn --preload the app is built before the fork, and a
+        """Idempotent. Called lazily: the app may be built before a fork (a pre-forking front), and a
         thread started in the master would not exist in the worker."""
         with self._start_lock:
             if self._thread is not None and self._thread.is_alive():
