@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,3 +83,18 @@ class BackendProcess:
             return self.log_path.read_bytes()[-n:].decode(errors="replace")
         except OSError:
             return ""
+
+
+@contextmanager
+def stopped_after(backend: "BackendProcess", label_studio=None, backend_log_chars: int = 6000):
+    """Run a test body against `backend`; on failure print the backend's (and Label Studio's) log tail,
+    and always stop the backend."""
+    try:
+        yield backend
+    except Exception:
+        print("---- backend log ----\n" + backend.log_tail(backend_log_chars))
+        if label_studio is not None:
+            print("---- label studio log ----\n" + label_studio.log_tail())
+        raise
+    finally:
+        backend.stop()

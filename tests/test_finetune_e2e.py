@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_process import BackendProcess, wait_for
+from backend_process import BackendProcess, wait_for, stopped_after
 from label_studio_harness import free_port, sst2_rows
 
 pytestmark = pytest.mark.slow
@@ -41,14 +41,8 @@ def test_finetune_e2e(label_studio, shared_dir, tmp_path):
     model_dir = tmp_path / "model"
     backend = BackendProcess(port=free_port(), model_dir=model_dir,
                              env=backend_env(label_studio, ICM_TRAIN_MAX_STEPS="3")).start()
-    try:
+    with stopped_after(backend, label_studio, backend_log_chars=20000):
         _run(ls, label_studio, backend, shared_dir, model_dir, tmp_path)
-    except Exception:
-        print("---- backend log ----\n" + backend.log_tail(20000))
-        print("---- label studio log ----\n" + label_studio.log_tail())
-        raise
-    finally:
-        backend.stop()
 
 
 def _run(ls, label_studio, backend, shared_dir, model_dir, tmp_path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_process import BackendProcess, wait_for
+from backend_process import BackendProcess, wait_for, stopped_after
 from label_studio_harness import free_port, sst2_rows
 
 pytestmark = pytest.mark.slow
@@ -29,14 +29,8 @@ def test_review_loop_e2e(label_studio, shared_dir, tmp_path):
         "ICM_SYNC_MAX_TASKS": "4", "ICM_JOB_SHARD_SIZE": str(N_TASKS), "ICM_TRAIN_MAX_STEPS": "6",
         "ICM_TRAIN_BATCH_SIZE": "4", "LOG_LEVEL": "INFO"})
     backend.start()
-    try:
+    with stopped_after(backend, label_studio, backend_log_chars=20000):
         _run(label_studio.client, backend, shared_dir)
-    except Exception:
-        print("---- backend log ----\n" + backend.log_tail(20000))
-        print("---- label studio log ----\n" + label_studio.log_tail())
-        raise
-    finally:
-        backend.stop()
 
 
 def _jobs(backend, project: int, kind: str) -> list[dict]:

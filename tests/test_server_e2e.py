@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_process import BackendProcess, wait_for
+from backend_process import BackendProcess, wait_for, stopped_after
 from label_studio_harness import free_port, sst2_rows
 
 pytestmark = pytest.mark.slow
@@ -37,14 +37,8 @@ def test_label_studio_e2e(label_studio, shared_dir, tmp_path):
         "ICM_SYNC_MAX_TASKS": "4", "ICM_JOB_SHARD_SIZE": str(SHARD), "LOG_LEVEL": "INFO",
     })
     backend.start()
-    try:
+    with stopped_after(backend, label_studio):
         _run(ls, label_studio, backend, shared_dir)
-    except Exception:
-        print("---- backend log ----\n" + backend.log_tail())
-        print("---- label studio log ----\n" + label_studio.log_tail())
-        raise
-    finally:
-        backend.stop()
 
 
 def _run(ls, label_studio, backend: BackendProcess, shared_dir: Path) -> None:
