@@ -37,16 +37,33 @@ from icm_backend.engine.calibration import ReviewConfig  # noqa: E402
 from icm_backend.engine.evaluate import calibration  # noqa: E402
 from icm_backend.engine.labeler import label_rows, run_method  # noqa: E402
 from icm_backend.engine.search import SearchConfig  # noqa: E402
-from icm_backend.engine.tasks import build_problem  # noqa: E402
+from icm_backend.engine.tasks import build_problem, gold_label  # noqa: E402
 from icm_backend.errors import InputError  # noqa: E402
 
 log = logging.getLogger("bench_loop")
 
 
-def read_data(path: str, labels: list[str], n: int | None) -> tuple[list[dict], list[str]]:
+def read_data(path: str, labels: list[str], n: int | None, task: str = "classify") -> tuple[list[dict], list[str]]:
+    """TSV `text<TAB>label` for classify; a paper JSON file (the rows with a `label` field) for its task,
+    cut at a consistency-group boundary so that no group is split."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"--data {path}: file not found")
+    if p.suffix == ".json":
+        raw = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(raw, list) or not all(isinstance(r, dict) and "label" in r for r in raw):
+            raise InputError(f"--data {path}: a paper file is a JSON list of objects, each with a 'label'")
+        cut = []
+        for r in raw:
+            if n and len(cut) >= n and r.get("consistency_id") != cut[-1].get("consistency_id"):
+                break
+            cut.append(r)
+        rows = [{k: v for k, v in r.items() if k != "label"} for r in cut]
+        problem = build_problem(rows, task, None)
+        gold = [gold_label(r["label"], problem) for r in cut]
+        if None in gold:
+            raise InputError(f"--data {path}: row {gold.index(None) + 1} label is not one of {problem.label_words}")
+        return rows, gold
     with p.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
         if not reader.fieldnames or "text" not in reader.fieldnames or "label" not in reader.fieldnames:
@@ -69,8 +86,9 @@ def read_data(path: str, labels: list[str], n: int | None) -> tuple[list[dict], 
 class Loop:
     """One review strategy ("queue" or "random") run for R rounds."""
 
-    def __init__(self, args, rows, gold, strategy: str, out_dir: Path):
+    def __init__(self, args, rows, gold, strategy: str, out_dir: Path, round0: "Loop | None" = None):
         self.args, self.rows, self.gold, self.strategy = args, rows, gold, strategy
+        self.round0 = round0  # round 0 has no labels, so it is the same run for every strategy: taken, not rerun
         self.words = args.labels
         self.model_dir = out_dir / f"model-{strategy}-seed{args.seed}"
         self.rng = np.random.default_rng([args.seed, 7 if strategy == "random" else 3])
@@ -85,11 +103,13 @@ class Loop:
         self.state_file = out_dir / f"state-{strategy}-seed{args.seed}.json"
         self.work = out_dir
         self.queue: list[int] = []  # the last round's review order
+        self.first_queue: list[int] = []  # round 0's, for a second strategy that starts from the same round 0
         self.round = 0
         if self.state_file.exists():  # resume: a run cut into pieces (each under the CPU lock's time slice)
             st = json.loads(self.state_file.read_text())
             self.res, self.round, self.queue = st["res"], st["round"], st["queue"]
             self.reviewed = {int(k): v for k, v in st["reviewed"].items()}
+            self.first_queue = st.get("first_queue", [])
             self.serving_path, self.serving_name = st["serving_path"], st["serving_name"]
             self.rng.bit_generator.state = st["rng"]
             print(f"[{strategy} seed {args.seed}] resuming at round {self.round}", flush=True)
@@ -100,7 +120,7 @@ class Loop:
     def save(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"res": self.res, "round": self.round, "queue": self.queue,
-                                   "reviewed": self.reviewed, "serving_path": self.serving_path,
+                                   "reviewed": self.reviewed, "first_queue": self.first_queue, "serving_path": self.serving_path,
                                    "serving_name": self.serving_name, "rng": self.rng.bit_generator.state}))
         tmp.replace(self.state_file)
 
@@ -172,6 +192,12 @@ class Loop:
                 self.save_pending(pending, promoted, why, t_before)
             else:
                 t_before = 0.0
+            if rnd == 0 and self.round0 is not None:
+                self.res = {k: v[:1] for k, v in self.round0.res.items()}
+                self.queue = list(self.round0.first_queue)
+                self.round = 1
+                self.save()
+                continue
             t0 = time.monotonic() - t_before
             preds = self.label(rnd)
             seconds = time.monotonic() - t0
@@ -196,14 +222,17 @@ class Loop:
             r["reliable_by_round"].append(rep.reliable)
             r["mean_confidence_by_round"].append(rep.mean_confidence)
             r["gate_by_round"].append(why)
-            r["tfidf_lr_by_round"].append(self.tfidf_lr(free) if self.strategy == "queue" else None)
-            r["gold_ceiling_by_round"].append(round(self.gold_ceiling(free), 4) if a.ceiling else None)
+            r["tfidf_lr_by_round"].append(self.tfidf_lr(free))
+            ceiling = a.ceiling and self.strategy == "queue"  # the ceiling is the table's, not each arm's
+            r["gold_ceiling_by_round"].append(round(self.gold_ceiling(free), 4) if ceiling else None)
             print(f"[{self.strategy} seed {a.seed}] round {rnd}: acc {correct.mean():.3f} ECE {ece:.3f} "
                   f"flag-recall {recall} promoted {promoted} T={rep.temperature} ({rep.calibrated_on}) "
                   f"{seconds:.0f}s {why}", flush=True)
             # the review queue: consistency flags first, then expected error (least confident first)
             self.queue = sorted(free, key=lambda i: (not any(f.kind == "inconsistent" for f in preds[i].flags),
                                                      preds[i].confidence, i))
+            if rnd == 0:
+                self.first_queue = list(self.queue)
             self.round = rnd + 1
             self.save()
         return self.res
@@ -228,9 +257,12 @@ def headline(args, rows, gold, out_dir: Path) -> dict:
     from icm_backend.finetune.pipeline import train_version
 
     n = args.headline
+    group = [r.get("consistency_id", i) for i, r in enumerate(rows)]
+    while 0 < n < len(rows) and group[n] == group[n - 1]:  # never split a consistency group
+        n += 1
     train, test = list(range(n)), list(range(n, len(rows)))
     base = load_lm(args.model, "none")
-    icm = label_rows([rows[i] for i in train], task="classify", labels=args.labels, method="icm", model=base,
+    icm = label_rows([rows[i] for i in train], task=args.task, labels=args.task_labels, method="icm", model=base,
                      seed=args.seed, config=SearchConfig(max_iters=args.max_iters, context_tokens=args.context_tokens))
     icm_labels = [p.label for p in icm]
     out = {"n_train": n, "n_test": len(test), "icm_label_accuracy": float(np.mean([y == gold[i] for y, i in zip(icm_labels, train)]))}
@@ -239,7 +271,7 @@ def headline(args, rows, gold, out_dir: Path) -> dict:
     def evaluate(model) -> dict:
         res = {}
         for m in methods:
-            preds = label_rows([rows[i] for i in test], task="classify", labels=args.labels, method=m, model=model,
+            preds = label_rows([rows[i] for i in test], task=args.task, labels=args.task_labels, method=m, model=model,
                                seed=args.seed, config=SearchConfig(max_iters=args.max_iters,
                                                                    context_tokens=args.context_tokens))
             res[m] = round(float(np.mean([p.label == gold[i] for p, i in zip(preds, test)])), 4)
@@ -249,7 +281,7 @@ def headline(args, rows, gold, out_dir: Path) -> dict:
     for name, labels in (("icm_labels", icm_labels), ("gold_labels", [gold[i] for i in train])):
         ts = TrainingSet(rows=[TrainingRow(row=dict(rows[i]), label=y, source="file", task_id=i)
                                for i, y in zip(train, labels)])
-        v = train_version(ts, "classify", args.labels, out_dir / f"headline-{name}-seed{args.seed}", args.model,
+        v = train_version(ts, args.task, args.labels, out_dir / f"headline-{name}-seed{args.seed}", args.model,
                           TrainConfig(max_steps=args.train_steps, seed=args.seed, batch_size=args.train_batch,
                                       context_tokens=args.train_context_tokens))
         out[name] = evaluate(load_lm(str(v.path), "none"))
@@ -262,26 +294,33 @@ def headline(args, rows, gold, out_dir: Path) -> dict:
     return out
 
 
+def at(res: dict | None, key: str, k: int):
+    return res[key][k] if res and k < len(res[key]) else None
+
+
 def print_table(res: dict) -> None:
     q, r = res["queue"], res.get("random")
     rounds = len(q["accuracy_by_round"])
     print(f"\nReview loop on {res['data']} ({res['n']} tasks, {res['per_round']} reviewed per round, model "
           f"{res['model']}, seed {res['seed']}); accuracy etc. on the tasks never reviewed\n")
     print("| round | reviewed | ICM acc (queue) | ECE | errors in flagged 20% | promoted | s | ICM acc (random review) "
-          "| TF-IDF+LR (same labels) | gold ceiling |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| TF-IDF+LR (queue's labels) | TF-IDF+LR (random labels) | gold ceiling |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     f = lambda v, d=3: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
     for k in range(rounds):
         print(f"| {k} | {q['reviewed_by_round'][k]} | {f(q['accuracy_by_round'][k])} | {f(q['ece_by_round'][k])} | "
               f"{f(q['flag_error_recall_by_round'][k], 2)} | {f(q['promoted_by_round'][k])} | {q['seconds_by_round'][k]:.0f} | "
-              f"{f(r['accuracy_by_round'][k]) if r else '-'} | {f(q['tfidf_lr_by_round'][k])} | "
+              f"{f(at(r, 'accuracy_by_round', k))} | {f(q['tfidf_lr_by_round'][k])} | "
+              f"{f(at(r, 'tfidf_lr_by_round', k))} | "
               f"{f(q['gold_ceiling_by_round'][k])} |")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--labels", required=True, help="label words, e.g. negative,positive")
+    ap.add_argument("--labels", default="", help="label words, e.g. negative,positive (classify only)")
+    ap.add_argument("--task", default="classify", help="classify (TSV) or a paper task with a JSON --data file "
+                    "(truthfulqa, gsm8k, alpaca, claims, comparison); the review loop is classify only")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--per-round", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
@@ -297,16 +336,29 @@ def main() -> int:
                     help="context budget of the in-context training prompts (memory and time grow with it)")
     ap.add_argument("--no-finetune", dest="finetune", action="store_false")
     ap.add_argument("--no-random", dest="random", action="store_false", help="skip the random-review baseline")
+    ap.add_argument("--arms", default="queue,random",
+                    help="which review strategies to run (one process per arm runs them in parallel; a random arm "
+                         "alone computes its own round 0)")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the gold-label ceiling")
     ap.add_argument("--headline", type=int, default=0, help="run the ICM-labels-vs-gold fine-tune comparison on N tasks")
     ap.add_argument("--headline-methods", default="zero-shot,random-fewshot")
     args = ap.parse_args()
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        args.labels = [w.strip() for w in args.labels.split(",") if w.strip()]
+        from icm_backend.engine.tasks import PRESETS
+        from icm_backend.finetune.prompts import label_words
+
+        if args.task not in PRESETS:
+            raise InputError(f"--task {args.task}: not one of {sorted(PRESETS)}")
+        if args.task != "classify" and not args.headline:
+            raise InputError(f"--task {args.task}: the review loop runs classify tasks; use --headline N for paper tasks")
+        given = [w.strip() for w in args.labels.split(",") if w.strip()]
+        args.task_labels = given if PRESETS[args.task].takes_labels else None
+        args.labels = label_words(args.task, args.task_labels)
         if len(args.labels) < 2:
             raise InputError("--labels: need two or more label words")
-        rows, gold = read_data(args.data, args.labels, args.n)
+        rows, gold = read_data(args.data, args.labels, args.n, args.task)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -325,14 +377,16 @@ def main() -> int:
     if args.headline:
         res["headline"] = headline(args, rows, gold, work)
     else:
-        q = Loop(args, rows, gold, "queue", work).run()
-        res.update({k: v for k, v in q.items()})  # the issue's keys at the top level: the queue loop
-        res["queue"] = q
-        res["tfidf_lr_by_round"] = q["tfidf_lr_by_round"]
-        res["gold_ceiling_by_round"] = q["gold_ceiling_by_round"]
-        if args.random:
-            res["random"] = Loop(args, rows, gold, "random", work).run()
-        print_table(res)
+        queue_loop = None
+        if "queue" in args.arms:
+            queue_loop = Loop(args, rows, gold, "queue", work)
+            q = queue_loop.run()
+            res.update({k: v for k, v in q.items()})  # the issue's keys at the top level: the queue loop
+            res["queue"] = q
+        if args.random and "random" in args.arms:
+            res["random"] = Loop(args, rows, gold, "random", work, round0=queue_loop).run()
+        if "queue" in res:
+            print_table(res)
     res["seconds_total"] = round(time.monotonic() - t0, 1)
     out.write_text(json.dumps(res, indent=1, default=str))
     print(f"\nwrote {out}")
