@@ -63,3 +63,8 @@ def test_an_unreliable_labelling_is_said_in_the_job_status(make):
     assert job.status == "done", job.error
     assert "UNRELIABLE labelling (2 of 2 shard(s)): estimated accuracy 0.52 is under 0.70" in job.message
     assert job.state["assessment"]["0"]["reliable"] is False
+    # ... and in /versions, next to the version that labelled it (for the project, and for all projects)
+    for query in (f"?project={job.project}", ""):
+        verdict = app.test_client().get("/versions" + query).json["labelling"][str(job.project)]
+        assert verdict["reliable"] is False and verdict["job"] == job.id and verdict["unreliable_shards"] == 2
+        assert verdict["reasons"] == ["estimated accuracy 0.52 is under 0.70"] and verdict["estimated_accuracy"] == 0.52
