@@ -281,16 +281,22 @@ def headline(args, rows, gold, out_dir: Path) -> dict:
     for name, labels in (("icm_labels", icm_labels), ("gold_labels", [gold[i] for i in train])):
         ts = TrainingSet(rows=[TrainingRow(row=dict(rows[i]), label=y, source="file", task_id=i)
                                for i, y in zip(train, labels)])
-        v = train_version(ts, args.task, args.labels, out_dir / f"headline-{name}-seed{args.seed}", args.model,
-                          TrainConfig(max_steps=args.train_steps, seed=args.seed, batch_size=args.train_batch,
-                                      context_tokens=args.train_context_tokens))
+        try:
+            v = train_version(ts, args.task, args.labels, out_dir / f"headline-{name}-seed{args.seed}", args.model,
+                              TrainConfig(max_steps=args.train_steps, seed=args.seed, batch_size=args.train_batch,
+                                          context_tokens=args.train_context_tokens))
+        except InputError as exc:  # e.g. ICM gave every task one label: there is nothing to fine-tune on
+            out[name], out[f"{name}_error"] = {m: None for m in methods}, str(exc)
+            print(f"headline {name}: not trained: {exc}", flush=True)
+            continue
         out[name] = evaluate(load_lm(str(v.path), "none"))
         print(f"headline {name}: {out[name]}", flush=True)
     print(f"\nFine-tuning on ICM's own labels vs gold labels ({n} tasks each; ICM's labels {out['icm_label_accuracy']:.3f} "
           f"correct), held-out accuracy on {len(test)} tasks, model {args.model}\n")
     print("| method | base | fine-tuned on ICM labels | fine-tuned on gold labels |\n|---|---|---|---|")
     for m in methods:
-        print(f"| {m} | {out['base'][m]:.3f} | {out['icm_labels'][m]:.3f} | {out['gold_labels'][m]:.3f} |")
+        cell = lambda v: "not trained" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"| {m} | {cell(out['base'][m])} | {cell(out['icm_labels'][m])} | {cell(out['gold_labels'][m])} |")
     return out
 
 
