@@ -16,7 +16,11 @@ same table: the same loop reviewing random tasks instead of the queue, TF-IDF + 
 (few-shot with every other task's gold label in context, with the round's model).
 
 `--headline N` instead runs the paper's headline: fine-tune on ICM's own labels of N tasks (no human
-at all) vs on the gold labels of the same N tasks, and compare held-out accuracy on the other tasks.
+at all) vs on the gold labels of the same N tasks, and compare held-out accuracy on the other tasks; with
+`--task truthfulqa|gsm8k|alpaca --data <paper file>.json` on a paper task (groups never split).
+
+`--arms queue` / `--arms random` run one review strategy per process (e.g. in parallel on a GPU); a random
+arm run alone computes its own round 0. Every round is checkpointed: a killed run resumes where it was.
 """
 
 from __future__ import annotations
