@@ -69,3 +69,28 @@ def vllm_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def in_process_app(tmp_path):
+    """The backend's Flask app in process over a ModelHost with the given labeler/loader (fakes for unit
+    tests); every app's job runner is stopped at teardown. Call as
+    in_process_app(labeler, loader=..., start_worker=True, model_name="smollm2-135m", **ServerConfig fields)."""
+    from icm_backend.server.app import create_app, get_backend
+    from icm_backend.server.config import ServerConfig
+    from icm_backend.server.events import EventRegistry
+    from icm_backend.server.model_host import ModelHost
+
+    apps = []
+
+    def make(labeler, loader=lambda name: name, start_worker=True, model_name="smollm2-135m", **overrides):
+        cfg = ServerConfig(model_dir=tmp_path / "model", model_name=model_name, **overrides)
+        app = create_app(cfg, host=ModelHost(cfg, labeler=labeler, loader=loader), events=EventRegistry(),
+                         start_worker=start_worker)
+        app.testing = True
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        get_backend(app).runner.stop()

@@ -13,9 +13,7 @@ import pytest
 from finetune_tiny import make_tiny_model
 from icm_backend.finetune import job as job_mod
 from icm_backend.versions import current_name, list_versions
-from icm_backend.server.app import create_app, get_backend
-from icm_backend.server.config import ServerConfig
-from icm_backend.server.model_host import ModelHost
+from icm_backend.server.app import get_backend
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +37,12 @@ def good_tasks(n=12):
 
 
 @pytest.fixture
-def app_for(tmp_path, tiny, monkeypatch):
-    apps = []
-
+def app_for(in_process_app, tiny, monkeypatch):
     def make(tasks):
         monkeypatch.setattr(job_mod, "fetch_tasks", lambda url, key, project: tasks)
-        cfg = ServerConfig(model_dir=tmp_path / "model", model_name=str(tiny), label_studio_url="http://ls.invalid",
-                           label_studio_api_key="x")
-        app = create_app(cfg, host=ModelHost(cfg, labeler=lambda *a, **k: [], loader=lambda n: n))
-        app.testing = True
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        get_backend(app).runner.stop()
+        return in_process_app(lambda *a, **k: [], model_name=str(tiny), label_studio_url="http://ls.invalid",
+                              label_studio_api_key="x")
+    return make
 
 
 def wait_job(backend, pred, timeout=240):

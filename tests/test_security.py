@@ -54,20 +54,10 @@ def engine_like_labeler(rows, **kw):
 
 
 @pytest.fixture
-def make_app(tmp_path):
-    apps = []
-
+def make_app(in_process_app):
     def make(start_worker=True, labeler=engine_like_labeler, loader=lambda name: name, **overrides):
-        cfg = ServerConfig(model_dir=tmp_path / "model", model_name="smollm2-135m", **overrides)
-        app = create_app(cfg, host=ModelHost(cfg, labeler=labeler, loader=loader), events=EventRegistry(),
-                         start_worker=start_worker)
-        app.testing = True
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        get_backend(app).runner.stop()
+        return in_process_app(labeler, loader=loader, start_worker=start_worker, **overrides)
+    return make
 
 
 def tasks(n, start=1, **special):

@@ -12,10 +12,8 @@ import time
 import pytest
 
 from fake_labeler import fake_label_rows
-from icm_backend.server.app import create_app, get_backend
+from icm_backend.server.app import get_backend
 from icm_backend.server.config import ServerConfig
-from icm_backend.server.model_host import ModelHost
-from icm_backend.server.events import EventRegistry
 
 CLASSIFY_XML = """<View><Text name="text" value="$text"/>
 <Choices name="sentiment" toName="text"><Choice value="Positive"/><Choice value="Negative"/></Choices>
@@ -28,20 +26,8 @@ def load(ls_fixtures_dir, name):
 
 
 @pytest.fixture
-def make_app(tmp_path):
-    apps = []
-
-    def make(start_worker=True, **overrides):
-        cfg = ServerConfig(model_dir=tmp_path / "model", model_name="smollm2-135m", **overrides)
-        app = create_app(cfg, host=ModelHost(cfg, labeler=fake_label_rows, loader=lambda name: name),
-                         events=EventRegistry(), start_worker=start_worker)
-        app.testing = True
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        get_backend(app).runner.stop()
+def make_app(in_process_app):
+    return lambda start_worker=True, **overrides: in_process_app(fake_label_rows, start_worker=start_worker, **overrides)
 
 
 @pytest.fixture
