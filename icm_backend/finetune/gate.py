@@ -3,7 +3,8 @@
 On the held-out slice of the accepted labels (the slice training never fitted; it did pick the early-
 stopping step, which favours the new version a little), both the serving version and the new one run
 the served method the way it serves: the other accepted labels fixed in context, the held-out rows
-labelled. Otherwise it is kept on disk, not served, and the reason is recorded.
+labelled. A new version that does not pass the rule below is kept on disk, not served, and the reason
+is recorded.
 
 The rule is an exact one-sided sign test (McNemar) on the discordant held-out rows: b rows only the new
 version gets right, c rows only the serving one does. The new version serves iff b > c and
