@@ -49,6 +49,22 @@ class WriteBackFailed(Exception):
     """Label Studio kept refusing the bulk import: the job fails with LS's reason."""
 
 
+def labelling_verdict(assessments: dict) -> dict | None:
+    """One ICM job's verdict from its shards' assessments (engine.calibration.Assessment.to_json, keyed by
+    shard): reliable unless a shard is not, the distinct reasons (first shard's first), the lowest estimated
+    accuracy and the mean confidence. None when no shard was assessed. The job's message and /versions
+    both say this."""
+    shards = list(assessments.values())
+    if not shards:
+        return None
+    unreliable = [a for a in shards if not a.get("reliable", True)]
+    accs = [a["estimated_accuracy"] for a in shards if a.get("estimated_accuracy") is not None]
+    return {"reliable": not unreliable, "unreliable_shards": len(unreliable), "shards": len(shards),
+            "reasons": list(dict.fromkeys(r for a in unreliable for r in a.get("reasons") or [])),
+            "estimated_accuracy": min(accs) if accs else None,
+            "mean_confidence": round(sum(a.get("mean_confidence", 0.0) for a in shards) / len(shards), 4)}
+
+
 def shard_tasks(tasks: list[dict], size: int) -> list[list[dict]]:
     """Cut into shards of ~size tasks without splitting a consistency group across shards."""
     groups: dict[str, list[dict]] = {}
@@ -190,14 +206,12 @@ class ICMJob:
             state["model_version_set"] = run["published"]
             ctx.save_state(state)
         human_note = f", {len(human)} human labels fixed in context" if human else ""
-        unreliable = [a for a in state.get("assessment", {}).values() if not a.get("reliable", True)]
-        verdict = ""
-        if unreliable:
-            verdict = (f"; UNRELIABLE labelling ({len(unreliable)} of {len(state['assessment'])} shard(s)): "
-                       + "; ".join(unreliable[0].get("reasons") or []))
-        elif state.get("assessment"):
-            accs = [a["estimated_accuracy"] for a in state["assessment"].values() if a.get("estimated_accuracy")]
-            verdict = f"; estimated accuracy {min(accs):.2f}" if accs else ""
+        v, verdict = labelling_verdict(state.get("assessment", {})), ""
+        if v and not v["reliable"]:
+            verdict = (f"; UNRELIABLE labelling ({v['unreliable_shards']} of {v['shards']} shard(s)): "
+                       + "; ".join(v["reasons"]))
+        elif v and v["estimated_accuracy"] is not None:
+            verdict = f"; estimated accuracy {v['estimated_accuracy']:.2f}"
         return (f"{total - failed} tasks labelled{human_note}, {flagged} flagged for review{failed_note}, "
                 f"{where}{verdict}")
 

@@ -20,7 +20,7 @@ from icm_backend.labelstudio import results as P
 from icm_backend.server.config import ServerConfig
 from icm_backend.server.model_host import ModelHost, ModelUnavailable
 from icm_backend.server.events import EventRegistry
-from icm_backend.server.icm_job import ICMJob
+from icm_backend.server.icm_job import ICMJob, labelling_verdict
 from icm_backend.jobs.db import Database
 from icm_backend.jobs.predictions import PredictionStore
 from icm_backend.jobs.projects import ProjectStore
@@ -124,22 +124,14 @@ class Backend:
         return out
 
     def labelling_verdicts(self, project: int | None = None) -> dict[str, dict]:
-        """{project: verdict} for the last finished ICM labelling of each project (or of `project`): whether
-        the model knows (the engine's reliability check, per shard), its reasons, the estimated accuracy and
-        mean confidence, so that "unsure" is visible next to the version that labelled it."""
+        """{project: verdict} for the last finished ICM labelling of each project (or of `project`), so that
+        "unsure" is visible next to the version that labelled it (icm_job.labelling_verdict)."""
         out: dict[str, dict] = {}
         for job in self.jobs.list_jobs(project=project, status="done", limit=200):
             key = str(job.project)
-            shards = list((job.state or {}).get("assessment", {}).values()) if job.kind == "icm" else []
-            if not shards or key in out:  # newest first: the first one seen per project is the last run
-                continue
-            unreliable = [a for a in shards if not a.get("reliable", True)]
-            accs = [a["estimated_accuracy"] for a in shards if a.get("estimated_accuracy") is not None]
-            out[key] = {"job": job.id, "model_version": job.model_version, "reliable": not unreliable,
-                        "unreliable_shards": len(unreliable), "shards": len(shards),
-                        "reasons": sorted({r for a in unreliable for r in a.get("reasons") or []}),
-                        "estimated_accuracy": min(accs) if accs else None,
-                        "mean_confidence": round(sum(a.get("mean_confidence", 0.0) for a in shards) / len(shards), 4)}
+            v = labelling_verdict((job.state or {}).get("assessment", {})) if job.kind == "icm" else None
+            if v and key not in out:  # newest first: the first one seen per project is the last run
+                out[key] = {"job": job.id, "model_version": job.model_version, **v}
         return out
 
     # -- predict ----------------------------------------------------------------------------
