@@ -37,7 +37,7 @@ def whole_groups(rows: list[dict], n: int) -> list[dict]:
     """The first rows up to about n, never cutting a consistency group."""
     out = []
     for r in rows:
-        if len(out) >= n and r["consistency_id"] != out[-1]["consistency_id"]:
+        if len(out) >= n and r.get("consistency_id") != out[-1].get("consistency_id"):
             break
         out.append(r)
     return out

@@ -37,6 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_icm import whole_groups  # noqa: E402
 from icm_backend.engine.calibration import ReviewConfig  # noqa: E402
 from icm_backend.engine.evaluate import calibration  # noqa: E402
 from icm_backend.engine.labeler import label_rows, run_method  # noqa: E402
@@ -57,11 +58,7 @@ def read_data(path: str, labels: list[str], n: int | None, task: str = "classify
         raw = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(raw, list) or not all(isinstance(r, dict) and "label" in r for r in raw):
             raise InputError(f"--data {path}: a paper file is a JSON list of objects, each with a 'label'")
-        cut = []
-        for r in raw:
-            if n and len(cut) >= n and r.get("consistency_id") != cut[-1].get("consistency_id"):
-                break
-            cut.append(r)
+        cut = whole_groups(raw, n) if n else raw
         rows = [{k: v for k, v in r.items() if k != "label"} for r in cut]
         problem = build_problem(rows, task, None)
         gold = [gold_label(r["label"], problem) for r in cut]
