@@ -82,6 +82,9 @@ def _run(ls, backend: BackendProcess, shared_dir: Path) -> None:
                    900, "the training job")[0]
     assert job["status"] == "done", job
     versions = requests.get(backend.url + "/versions", timeout=5).json()
+    verdict = versions["labelling"][str(project)]  # the first labelling's verdict, over real HTTP
+    assert verdict["job"] == first["job"]["id"] and verdict["model_version"] == base
+    assert isinstance(verdict["reliable"], bool) and verdict["shards"] == 1
     new = versions["versions"][-1]
     assert new.startswith("ft0001-")
     gate = next(d for d in versions["details"] if d["version"] == new)["gate"]
