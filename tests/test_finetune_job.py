@@ -97,6 +97,26 @@ def test_too_few_labels_to_test_a_version_keep_the_serving_one(app_for, start_tr
     assert current_name(backend.config.model_dir) is None
 
 
+def test_holdout_fraction_from_the_environment(app_for, start_training, monkeypatch):
+    monkeypatch.setenv("ICM_TRAIN_MAX_STEPS", "2")
+    monkeypatch.setenv("ICM_TRAIN_HOLDOUT_FRACTION", "0.5")  # 12 labels: 6 held out, so the gate can test
+    app = app_for(good_tasks(12))
+    backend = get_backend(app)
+    app.test_client().post("/webhook", json=start_training)
+    job = wait_job(backend, lambda j: j.status in ("done", "failed"))
+    assert job.status == "done", job.error
+    assert "no held-out slice" not in job.message and "on 6 held-out accepted labels" in job.message
+
+
+def test_bad_holdout_fraction_fails_the_job_naming_the_variable(app_for, start_training, monkeypatch):
+    monkeypatch.setenv("ICM_TRAIN_HOLDOUT_FRACTION", "1.5")
+    app = app_for(good_tasks(12))
+    app.test_client().post("/webhook", json=start_training)
+    job = wait_job(get_backend(app), lambda j: j.status in ("done", "failed"), timeout=60)
+    assert job.status == "failed" and "ICM_TRAIN_HOLDOUT_FRACTION=1.5" in job.error, job.error
+    assert list_versions(get_backend(app).config.model_dir) == []
+
+
 @pytest.mark.parametrize("tasks,message", [
     ([{"id": 1, "data": {"text": "a"}, "annotations": [], "predictions": []}], "has no annotations to train on"),
     ([{"id": 1, "data": {"text": "a"}, "annotations": [ann(5, "Maybe")]}], "unknown choice: 'Maybe' is not in"),

@@ -38,6 +38,7 @@ class TrainSettings:
     max_steps: int = 48  # ICM_TRAIN_MAX_STEPS
     batch_size: int = 8  # ICM_TRAIN_BATCH_SIZE
     learning_rate: float = 1e-4  # ICM_TRAIN_LR
+    holdout_fraction: float = 0.2  # ICM_TRAIN_HOLDOUT_FRACTION: accepted labels kept out of training for the gate
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "TrainSettings":
@@ -49,7 +50,13 @@ class TrainSettings:
             max_steps=env_int(env, "ICM_TRAIN_MAX_STEPS", d.max_steps),
             batch_size=env_int(env, "ICM_TRAIN_BATCH_SIZE", d.batch_size),
             learning_rate=env_float(env, "ICM_TRAIN_LR", d.learning_rate),
+            holdout_fraction=env_float(env, "ICM_TRAIN_HOLDOUT_FRACTION", d.holdout_fraction),
         )
+
+    def __post_init__(self):
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise InputError(f"ICM_TRAIN_HOLDOUT_FRACTION={self.holdout_fraction}: expected a number in [0, 1) "
+                             "(the share of accepted labels held out for early stopping and the promotion gate)")
 
 
 def explain_empty(project: int, tasks: list[dict], ts: TrainingSet) -> str:
@@ -134,7 +141,8 @@ class TrainJob:
             "task": spec.task, "labels": spec.labels,
             "rows": [asdict(r) for r in ts.rows], "skipped": ts.skipped, "conflicts": ts.conflicts,
             "config": asdict(TrainConfig(max_steps=settings.max_steps, batch_size=settings.batch_size,
-                                         learning_rate=settings.learning_rate)),
+                                         learning_rate=settings.learning_rate,
+                                         holdout_fraction=settings.holdout_fraction)),
             "extra_metrics": {"project": project, "job": job.id, "trigger": job.params.get("trigger"),
                               "include_icm": settings.include_icm, "min_confidence": settings.min_confidence},
             "gate": self._gate_request(),
