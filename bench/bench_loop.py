@@ -100,17 +100,22 @@ class Loop:
                                     "promoted_by_round", "seconds_by_round", "flagged_by_round",
                                     "gold_ceiling_by_round", "reviewed_by_round", "tfidf_lr_by_round",
                                     "temperature_by_round", "calibrated_on_by_round", "reliable_by_round",
-                                    "gate_by_round", "mean_confidence_by_round")}
+                                    "gate_by_round", "mean_confidence_by_round", "round0_accuracy_by_round")}
         self.state_file = out_dir / f"state-{strategy}-seed{args.seed}.json"
         self.work = out_dir
         self.queue: list[int] = []  # the last round's review order
         self.first_queue: list[int] = []  # round 0's, for a second strategy that starts from the same round 0
+        # Round 0's labels, to score them on each round's never-reviewed tasks: a queue removes the tasks the
+        # model gets wrong, so accuracy on what is left rises even if the new labelling changed nothing.
+        self.round0_labels: list[str] = []
         self.round = 0
         if self.state_file.exists():  # resume: a run cut into pieces (each under the CPU lock's time slice)
             st = json.loads(self.state_file.read_text())
             self.res, self.round, self.queue = st["res"], st["round"], st["queue"]
             self.reviewed = {int(k): v for k, v in st["reviewed"].items()}
             self.first_queue = st.get("first_queue", [])
+            self.round0_labels = st.get("round0_labels", [])
+            self.res.setdefault("round0_accuracy_by_round", [])
             self.serving_path, self.serving_name = st["serving_path"], st["serving_name"]
             self.rng.bit_generator.state = st["rng"]
             print(f"[{strategy} seed {args.seed}] resuming at round {self.round}", flush=True)
@@ -121,7 +126,8 @@ class Loop:
     def save(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"res": self.res, "round": self.round, "queue": self.queue,
-                                   "reviewed": self.reviewed, "first_queue": self.first_queue, "serving_path": self.serving_path,
+                                   "reviewed": self.reviewed, "first_queue": self.first_queue,
+                                   "round0_labels": self.round0_labels, "serving_path": self.serving_path,
                                    "serving_name": self.serving_name, "rng": self.rng.bit_generator.state}))
         tmp.replace(self.state_file)
 
@@ -196,6 +202,7 @@ class Loop:
             if rnd == 0 and self.round0 is not None:
                 self.res = {k: v[:1] for k, v in self.round0.res.items()}
                 self.queue = list(self.round0.first_queue)
+                self.round0_labels = list(self.round0.round0_labels)
                 self.round = 1
                 self.save()
                 continue
@@ -207,11 +214,16 @@ class Loop:
             conf = np.array([preds[i].confidence for i in free])
             flagged = np.array([bool(preds[i].flags) for i in free])
             errors = correct == 0
+            if rnd == 0:
+                self.round0_labels = [p.label for p in preds]
+            r0 = (float(np.mean([self.round0_labels[i] == self.gold[i] for i in free]))
+                  if self.round0_labels else None)  # None: resumed from a state saved before this key existed
             ece, _ = calibration(conf, correct)
             recall = float((errors & flagged).sum() / errors.sum()) if errors.any() else None
             rep = preds.assessment
             r = self.res
             r["accuracy_by_round"].append(round(float(correct.mean()), 4))
+            r["round0_accuracy_by_round"].append(None if r0 is None else round(r0, 4))
             r["ece_by_round"].append(round(float(ece), 4))
             r["flag_error_recall_by_round"].append(None if recall is None else round(recall, 4))
             r["promoted_by_round"].append(promoted)
@@ -310,12 +322,13 @@ def print_table(res: dict) -> None:
     rounds = len(q["accuracy_by_round"])
     print(f"\nReview loop on {res['data']} ({res['n']} tasks, {res['per_round']} reviewed per round, model "
           f"{res['model']}, seed {res['seed']}); accuracy etc. on the tasks never reviewed\n")
-    print("| round | reviewed | ICM acc (queue) | ECE | errors in flagged 20% | promoted | s | ICM acc (random review) "
+    print("| round | reviewed | ICM acc (queue) | round 0's labels, same tasks | ECE | errors in flagged 20% | promoted | s | ICM acc (random review) "
           "| TF-IDF+LR (queue's labels) | TF-IDF+LR (random labels) | gold ceiling |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     f = lambda v, d=3: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
     for k in range(rounds):
-        print(f"| {k} | {q['reviewed_by_round'][k]} | {f(q['accuracy_by_round'][k])} | {f(q['ece_by_round'][k])} | "
+        print(f"| {k} | {q['reviewed_by_round'][k]} | {f(q['accuracy_by_round'][k])} | "
+              f"{f(at(q, 'round0_accuracy_by_round', k))} | {f(q['ece_by_round'][k])} | "
               f"{f(q['flag_error_recall_by_round'][k], 2)} | {f(q['promoted_by_round'][k])} | {q['seconds_by_round'][k]:.0f} | "
               f"{f(at(r, 'accuracy_by_round', k))} | {f(q['tfidf_lr_by_round'][k])} | "
               f"{f(at(r, 'tfidf_lr_by_round', k))} | "
