@@ -141,11 +141,10 @@ def test_fixed_rows_are_kept_in_context_and_never_flipped():
     # ConsistencyFix takes them as given: row 1 shares row 0's answer, row 5 shares row 4's.
     assert state.labels[1] == f and state.labels[5] == f
     assert search.consistency.count(np.array(state.labels)) == 0
-    # Fixed rows are in D (and so eligible as context) from the start, at random places in its order
-    # (not leading every context), and are never sampled for a proposal.
-    init = ICMSearch(problem, FakeScorer(), cfg, seed=1, fixed=fixed).initial_state()
-    assert {0, 4} <= set(init.label_order) and init.labels[0] == f and init.labels[4] == f
-    assert {0, 4} <= set(search.plan.label_order)
+    # Fixed rows lead the context (in sweeps they alternate with the search's labels, human first)
+    # and are never sampled for a proposal.
+    assert set(search.plan.label_order[0:4:2]) == {0, 4}
+    assert set(ICMSearch(problem, FakeScorer(), cfg, seed=1, fixed=fixed).initial_state().label_order[:2]) == {0, 4}
     assert all(search.sample(np.array(state.labels)) not in (0, 4) for _ in range(50))
     preds = label_rows(rows, task="gsm8k", method="icm", model=FakeScorer(), seed=1, config=cfg, fixed=fixed)
     assert [p.label for p in preds][:2] == ["False", "False"] and preds[0].fixed and preds[0].confidence == 1.0

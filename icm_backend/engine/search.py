@@ -203,18 +203,19 @@ class ICMSearch:
     # -- the loop ------------------------------------------------------------------------------
     def initial_state(self) -> SearchState:
         labels = np.full(self.n, UNLABELLED)
-        # Human labels are in D from the start, with K random labels among the rest, in one random order:
-        # they do not lead every context. Measured (bench/RESULTS.md): putting the same few human labels at
-        # the head of every context made the search drift to one class on some review samples (128 random
-        # accepted labels: 0.867 on the other tasks vs 0.888 without any; 0.893 mixed in).
-        for i, y in self.fixed.items():
-            labels[i] = y
-        free = np.flatnonzero(~self.fixed_mask)
-        k = min(self.config.init_k, len(free))
-        chosen = self.rng.choice(free, size=k, replace=False) if k else np.zeros(0, dtype=int)
+        if self.fixed:
+            # Human labels enter D first, so they lead every context; K random labels among the rest.
+            order = [int(i) for i in self.rng.permutation(sorted(self.fixed))]
+            labels[order] = [self.fixed[i] for i in order]
+            free = np.flatnonzero(~self.fixed_mask)
+            k = min(self.config.init_k, len(free))
+            chosen = self.rng.choice(free, size=k, replace=False) if k else np.zeros(0, dtype=int)
+        else:
+            order = []
+            k = min(self.config.init_k, self.n)
+            chosen = self.rng.choice(self.n, size=k, replace=False)
         labels[chosen] = self.rng.integers(0, len(self.problem.label_words), size=k)
-        members = sorted(self.fixed) + [int(c) for c in chosen]
-        self.plan.label_order = [int(i) for i in self.rng.permutation(members)] if self.fixed else members
+        self.plan.label_order = order + [int(i) for i in chosen]
         labels, _ = self.consistency_fix(labels)
         return SearchState(labels=labels.tolist(), fingerprint=self.fingerprint, label_order=self.plan.label_order)
 
@@ -311,9 +312,16 @@ class ICMSearch:
                  state.iteration)
 
     def context_order(self, rng: np.random.Generator) -> list[int]:
-        """A fresh random order of D for the contexts; human labels take their share of it, no more
-        (see initial_state for why they do not lead)."""
-        return [int(i) for i in rng.permutation(self.n)]
+        """A fresh random order of D for the contexts. With human labels, they and the search's labels
+        alternate (human first), so a context holds both whenever both exist."""
+        if not self.fixed:
+            return [int(i) for i in rng.permutation(self.n)]
+        fixed = [int(i) for i in rng.permutation(sorted(self.fixed))]
+        free = [int(i) for i in rng.permutation(np.flatnonzero(~self.fixed_mask))]
+        out = []
+        for k in range(max(len(fixed), len(free))):
+            out += fixed[k:k + 1] + free[k:k + 1]
+        return out
 
     def _count_reference_cost(self, state: SearchState, labels: np.ndarray) -> None:
         labelled = labels != UNLABELLED
@@ -330,8 +338,8 @@ class ICMSearch:
         self.checkpoint.save(state)
 
     def resampled_rows(self, labels: np.ndarray, samples: int, seed: int) -> list[np.ndarray]:
-        """final_rows under `samples` fresh random samples of D as context (as in a sweep): an ensemble
-        over contexts. The search's own context order is left as it was."""
+        """final_rows under `samples` fresh random samples of D as context (human labels first, as in a
+        sweep): an ensemble over contexts. The search's own context order is left as it was."""
         saved = list(self.plan.label_order)
         rng = np.random.default_rng([seed, 104729])
         out = []
