@@ -171,3 +171,61 @@ def sst2_rows(shared_dir: Path, n: int, start: int = 0) -> list[tuple[str, str]]
         text, label = line.rsplit("\t", 1)
         out.append((text.strip(), "Positive" if label.strip() == "1" else "Negative"))
     return out
+
+
+def chromium_driver(window: str = "1600,3300"):
+    """Headless Chromium through Selenium (Debian's chromium + chromium-driver; `make chromium`), or skip.
+    The default window is tall enough for the Data Manager grid to render 40 rows."""
+    import shutil
+
+    import pytest
+
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium not installed (pip install selenium; `make test` installs it)")
+    binary = os.environ.get("ICM_CHROMIUM_BIN") or shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    if not binary or not driver_bin:
+        pytest.skip("chromium and chromedriver needed: `apt-get install -y chromium chromium-driver` (make chromium)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 f"--window-size={window}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver_bin), options=opts)
+
+
+def browser_login(driver, label_studio, timeout: float = 60):
+    """Log the browser into Label Studio as the harness's admin; returns a WebDriverWait for the caller."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout)
+    driver.get(label_studio.url + "/user/login/")
+    wait.until(EC.presence_of_element_located((By.NAME, "email"))).send_keys(label_studio.username)
+    driver.find_element(By.NAME, "password").send_keys(label_studio.password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
+    wait.until(lambda d: "/user/login" not in d.current_url)
+    return wait
+
+
+DM_CELLS_JS = """
+// The Data Manager grid (LS 1.23.2): header cells carry data-id; a row's cells follow the same order.
+const ths = [...document.querySelectorAll('.lsf-table-head .lsf-th')];
+const col = id => ths.findIndex(e => e.getAttribute('data-id') === id);
+const s = col(arguments[0]), t = col('tasks:id');
+if (s < 0 || t < 0) return null;
+return [...document.querySelectorAll('[data-testid="table-row"]')].map(r => {
+  const cells = r.querySelectorAll(':scope > .lsf-table__cell');
+  return [cells[t] ? cells[t].textContent.trim() : '', cells[s] ? cells[s].textContent.trim() : ''];
+});
+"""
+
+
+def dm_column_cells(driver, column_id: str) -> list[list[str]] | None:
+    """[task id, cell text] per Data Manager row shown, for the column `column_id` (e.g.
+    "tasks:predictions_score"); None while the grid or that column is not rendered."""
+    return driver.execute_script(DM_CELLS_JS, column_id)

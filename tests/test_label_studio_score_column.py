@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from backend_process import BackendProcess, wait_for
-from label_studio_harness import free_port, sst2_rows
+from label_studio_harness import browser_login, chromium_driver, dm_column_cells, free_port, sst2_rows
 
 pytestmark = pytest.mark.slow
 
@@ -122,61 +122,23 @@ def test_score_column_filled_one_prediction_per_task(labelled, label_studio):
     assert len(ls.predictions.list(project=pid)) == N_TASKS
 
 
-def _chromium_driver():
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.skip("selenium not installed (pip install selenium; `make test` installs it)")
-    binary = os.environ.get("ICM_CHROMIUM_BIN") or shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_bin = shutil.which("chromedriver")
-    if not binary or not driver_bin:
-        pytest.skip("chromium and chromedriver needed: `apt-get install -y chromium chromium-driver` (make chromium)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--window-size=1600,3300"):  # tall enough for the grid to render all 40 rows
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver_bin), options=opts)
-
-
-SCORE_CELLS_JS = """
-// The Data Manager grid (LS 1.23.2): header cells carry data-id; a row's cells follow the same order.
-const ths = [...document.querySelectorAll('.lsf-table-head .lsf-th')];
-const col = id => ths.findIndex(e => e.getAttribute('data-id') === id);
-const s = col('tasks:predictions_score'), t = col('tasks:id');
-if (s < 0 || t < 0) return null;
-return [...document.querySelectorAll('[data-testid="table-row"]')].map(r => {
-  const cells = r.querySelectorAll(':scope > .lsf-table__cell');
-  return [cells[t] ? cells[t].textContent.trim() : '', cells[s] ? cells[s].textContent.trim() : ''];
-});
-"""
-
-
 def test_browser_data_manager_shows_prediction_scores(labelled, label_studio, tmp_path):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
 
     pid = labelled["project"]
     # What a user does to sort by confidence: a Data Manager tab with the column shown, lowest score first.
     view = requests.post(f"{label_studio.url}/api/dm/views", headers=label_studio.headers, timeout=10, json={
         "project": pid, "data": {"title": "by score", "ordering": ["tasks:predictions_score"],
                                  "hiddenColumns": {"explore": [], "labeling": []}}}).json()
-    driver = _chromium_driver()
+    driver = chromium_driver()
     shot = tmp_path / "ls_score_column.png"
     try:
-        wait = WebDriverWait(driver, 60)
-        driver.get(label_studio.url + "/user/login/")
-        wait.until(EC.presence_of_element_located((By.NAME, "email"))).send_keys(label_studio.username)
-        driver.find_element(By.NAME, "password").send_keys(label_studio.password)
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-        wait.until(lambda d: "/user/login" not in d.current_url)
+        wait = browser_login(driver, label_studio)
         driver.get(f"{label_studio.url}/projects/{pid}/data?tab={view['id']}")
         wait.until(lambda d: "Prediction score" in d.find_element(By.TAG_NAME, "body").text)
 
         def score_cells(d):
-            rows = d.execute_script(SCORE_CELLS_JS) or []
+            rows = dm_column_cells(d, "tasks:predictions_score") or []
             return rows if len(rows) == N_TASKS else False
         rows = wait.until(score_cells)
         driver.save_screenshot(str(shot))

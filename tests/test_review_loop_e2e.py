@@ -17,6 +17,7 @@ serving version that a better one must and can beat."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ import pytest
 import requests
 
 from backend_process import BackendProcess, wait_for, stopped_after
-from label_studio_harness import free_port, sst2_rows
+from label_studio_harness import browser_login, chromium_driver, dm_column_cells, free_port, sst2_rows
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +44,7 @@ def test_review_loop_e2e(label_studio, shared_dir, tmp_path):
         "ICM_TRAIN_BATCH_SIZE": "4", "ICM_TRAIN_LR": "1e-3", "ICM_TRAIN_HOLDOUT_FRACTION": "0.5", "LOG_LEVEL": "INFO"})
     backend.start()
     with stopped_after(backend, label_studio, backend_log_chars=20000):
-        _run(label_studio.client, backend, shared_dir)
+        _run(label_studio, backend, shared_dir, tmp_path)
 
 
 def _jobs(backend, project: int, kind: str) -> list[dict]:
@@ -97,7 +98,35 @@ def _train(ls, backend, project: int, ml_id: int, n: int) -> tuple[dict, dict, s
     return job, versions, new, gate
 
 
-def _run(ls, backend: BackendProcess, shared_dir: Path) -> None:
+def _look_in_the_browser(label_studio, project: int, serving: str, others: list[int], annotated: list[int],
+                         shot: Path) -> None:
+    """What a reviewer sees after the loop: the Data Manager, least confident first, with the predictions'
+    model versions: every task not annotated has a prediction of the serving version, the annotated ones
+    (not relabelled) do not. The screenshot stays at `shot` (ICM_KEEP_LOOP_SCREENSHOT=<path> copies it)."""
+    from selenium.webdriver.common.by import By
+
+    view = requests.post(f"{label_studio.url}/api/dm/views", headers=label_studio.headers, timeout=10, json={
+        "project": project, "data": {"title": "review order", "ordering": ["tasks:predictions_score"],
+                                     "hiddenColumns": {"explore": [], "labeling": []}}}).json()
+    driver = chromium_driver()
+    try:
+        wait = browser_login(driver, label_studio)
+        driver.get(f"{label_studio.url}/projects/{project}/data?tab={view['id']}")
+        wait.until(lambda d: "Prediction score" in d.find_element(By.TAG_NAME, "body").text)
+        rows = wait.until(lambda d: (r := dm_column_cells(d, "tasks:predictions_model_versions")) and
+                          len(r) == N_TASKS and r)
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    if os.environ.get("ICM_KEEP_LOOP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["ICM_KEEP_LOOP_SCREENSHOT"])
+    shown = {int(t): versions for t, versions in rows}
+    assert all(serving in shown[t] for t in others), rows
+    assert not any(serving in shown[t] for t in annotated), rows
+
+
+def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path) -> None:
+    ls = label_studio.client
     config = (REPO / "label_config" / "classify.xml").read_text()
     rows = sst2_rows(shared_dir, N_TASKS, start=200)
     project = ls.projects.create(title="icm review loop e2e", label_config=config).id
@@ -135,6 +164,7 @@ def _run(ls, backend: BackendProcess, shared_dir: Path) -> None:
           f"version 1 (wrong labels) {acc_v1:.3f}")
     if not gate2["promoted"]:  # kept, not served: version 1 and its predictions stay
         assert requests.post(backend.url + "/setup", json={}, timeout=5).json()["model_version"] == v1
+        _look_in_the_browser(label_studio, project, v1, others, annotated, tmp_path / "loop_kept.png")
         return
     third = _label_all(ls, backend, project, v2, 2)
     assert f"{N_ANNOTATED} human labels fixed in context" in third["job"]["message"]
@@ -142,3 +172,4 @@ def _run(ls, backend: BackendProcess, shared_dir: Path) -> None:
     acc_v2 = _accuracy(third["preds"], gold, others)
     print(f"version 2 (corrected labels) promoted; accuracy on the other tasks {acc_v1:.3f} -> {acc_v2:.3f}")
     assert acc_v2 >= acc_v1
+    _look_in_the_browser(label_studio, project, v2, others, annotated, tmp_path / "loop_promoted.png")
