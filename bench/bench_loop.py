@@ -335,6 +335,48 @@ def print_table(res: dict) -> None:
               f"{f(q['gold_ceiling_by_round'][k])} |")
 
 
+def plot_loop(res: dict, path: Path) -> None:
+    """Two panels: accuracy on the never-reviewed tasks by labels reviewed (each arm next to round 0's labels
+    scored on the same tasks: a gap between them is what the reviewed labels changed, the rest is the review
+    choosing which tasks are left), and the queue's flag recall and ECE against the issue's targets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for arm, colour in (("queue", "tab:blue"), ("random", "tab:orange")):
+        a = res.get(arm)
+        if not a:
+            continue
+        x = a["reviewed_by_round"]
+        ax.plot(x, a["accuracy_by_round"], "o-", color=colour, label=f"{arm} review: the loop's labels")
+        if a.get("round0_accuracy_by_round"):
+            ax.plot(x, a["round0_accuracy_by_round"], "s--", color=colour, alpha=0.6,
+                    label=f"{arm} review: round 0's labels, same tasks")
+    q = res.get("queue") or {}
+    if q and any(v is not None for v in q.get("gold_ceiling_by_round", [])):
+        ax.plot(q["reviewed_by_round"], q["gold_ceiling_by_round"], "k:", label="gold-label ceiling (queue's tasks)")
+    ax.set_xlabel("labels reviewed")
+    ax.set_ylabel("accuracy on tasks never reviewed")
+    ax.set_title(f"{Path(str(res['data'])).name}, {res['n']} tasks, {res['model']}, seed {res['seed']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if q:
+        x = q["reviewed_by_round"]
+        bx.plot(x, q["flag_error_recall_by_round"], "o-", color="tab:red", label="errors in the flagged 20% (queue)")
+        bx.plot(x, q["ece_by_round"], "o-", color="tab:green", label="ECE (queue)")
+        bx.axhline(0.6, color="tab:red", ls=":", lw=1, label="recall target 0.60")
+        bx.axhline(0.05, color="tab:green", ls=":", lw=1, label="ECE target 0.05")
+        bx.set_ylim(0, 1)
+        bx.set_xlabel("labels reviewed")
+        bx.grid(alpha=0.3)
+        bx.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
@@ -362,7 +404,23 @@ def main() -> int:
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the gold-label ceiling")
     ap.add_argument("--headline", type=int, default=0, help="run the ICM-labels-vs-gold fine-tune comparison on N tasks")
     ap.add_argument("--headline-methods", default="zero-shot,random-fewshot")
+    ap.add_argument("--replot", action="store_true",
+                    help="run nothing: print the table and draw the plot of the existing --json file")
     args = ap.parse_args()
+    if args.replot:
+        try:
+            res = json.loads(Path(args.json).read_text())
+        except (OSError, ValueError) as exc:
+            print(f"error: --json {args.json}: {exc}", file=sys.stderr)
+            return 2
+        if "queue" not in res and "random" not in res:
+            print(f"error: --json {args.json}: no review-loop results (keys 'queue'/'random') to plot", file=sys.stderr)
+            return 2
+        if "queue" in res:
+            print_table(res)
+        plot_loop(res, Path(args.json).with_suffix(".png"))
+        print(f"\nwrote {Path(args.json).with_suffix('.png')}")
+        return 0
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -410,6 +468,9 @@ def main() -> int:
     res["seconds_total"] = round(time.monotonic() - t0, 1)
     out.write_text(json.dumps(res, indent=1, default=str))
     print(f"\nwrote {out}")
+    if not args.headline and ("queue" in res or "random" in res):
+        plot_loop(res, out.with_suffix(".png"))
+        print(f"wrote {out.with_suffix('.png')}")
     return 0
 
 

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from finetune_tiny import make_tiny_model
+from icm_backend.errors import InputError
 from icm_backend.finetune import job as job_mod
+from icm_backend.finetune.job import TrainSettings
 from icm_backend.versions import current_name, list_versions
 from icm_backend.server.app import get_backend
 
@@ -115,6 +117,18 @@ def test_bad_holdout_fraction_fails_the_job_naming_the_variable(app_for, start_t
     job = wait_job(get_backend(app), lambda j: j.status in ("done", "failed"), timeout=60)
     assert job.status == "failed" and "ICM_TRAIN_HOLDOUT_FRACTION=1.5" in job.error, job.error
     assert list_versions(get_backend(app).config.model_dir) == []
+
+
+@pytest.mark.parametrize("name,value", [("ICM_TRAIN_MAX_STEPS", "0"), ("ICM_TRAIN_BATCH_SIZE", "-2"),
+                                        ("ICM_TRAIN_LR", "0"), ("ICM_TRAIN_LR", "nan"),
+                                        ("ICM_TRAIN_MIN_CONFIDENCE", "1.2"), ("ICM_TRAIN_HOLDOUT_FRACTION", "-0.1")])
+def test_training_settings_out_of_range_name_the_variable(name, value):
+    with pytest.raises(InputError, match=f"{name}={value}"):
+        TrainSettings.from_env({name: value})
+
+
+def test_training_settings_defaults_pass():
+    assert TrainSettings.from_env({}) == TrainSettings()
 
 
 @pytest.mark.parametrize("tasks,message", [

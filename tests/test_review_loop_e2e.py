@@ -98,11 +98,14 @@ def _train(ls, backend, project: int, ml_id: int, n: int) -> tuple[dict, dict, s
     return job, versions, new, gate
 
 
-def _look_in_the_browser(label_studio, project: int, serving: str, others: list[int], annotated: list[int],
-                         shot: Path) -> None:
+def _look_in_the_browser(label_studio, project: int, serving: str, scores: dict[int, float], others: list[int],
+                         annotated: list[int], shot: Path) -> None:
     """What a reviewer sees after the loop: the Data Manager, least confident first, with the predictions'
     model versions: every task not annotated has a prediction of the serving version, the annotated ones
-    (not relabelled) do not. The screenshot stays at `shot` (ICM_KEEP_LOOP_SCREENSHOT=<path> copies it)."""
+    (not relabelled) do not. The tasks still hold the earlier versions' predictions too; the "Prediction
+    score" column must show the serving version's score alone (`scores`, task -> score), so that sorting by
+    it is the serving version's review order. The screenshot stays at `shot` (ICM_KEEP_LOOP_SCREENSHOT=<path>
+    copies it)."""
     from selenium.webdriver.common.by import By
 
     view = requests.post(f"{label_studio.url}/api/dm/views", headers=label_studio.headers, timeout=10, json={
@@ -115,6 +118,8 @@ def _look_in_the_browser(label_studio, project: int, serving: str, others: list[
         wait.until(lambda d: "Prediction score" in d.find_element(By.TAG_NAME, "body").text)
         rows = wait.until(lambda d: (r := dm_column_cells(d, "tasks:predictions_model_versions")) and
                           len(r) == N_TASKS and r)
+        shown_scores = wait.until(lambda d: (r := dm_column_cells(d, "tasks:predictions_score")) and
+                                  len(r) == N_TASKS and r)
         driver.save_screenshot(str(shot))
     finally:
         driver.quit()
@@ -123,6 +128,17 @@ def _look_in_the_browser(label_studio, project: int, serving: str, others: list[
     shown = {int(t): versions for t, versions in rows}
     assert all(serving in shown[t] for t in others), rows
     assert not any(serving in shown[t] for t in annotated), rows
+    # LS averages the score over predictions of the project's model_version only: the serving one.
+    project_version = requests.get(f"{label_studio.url}/api/projects/{project}", headers=label_studio.headers,
+                                   timeout=10).json()["model_version"]
+    assert project_version == serving
+    score_cell = {int(t): cell for t, cell in shown_scores}
+    assert any(len(shown[t].split(",")) > 1 for t in others), "no task holds an earlier version's prediction"
+    for t in others:
+        assert float(score_cell[t]) == pytest.approx(scores[t], abs=6e-4), (t, score_cell[t], scores[t], shown[t])
+    assert not any(score_cell[t].strip() for t in annotated), shown_scores  # no prediction of the serving version
+    in_order = [float(cell) for t, cell in shown_scores if int(t) in set(others)]
+    assert in_order == sorted(in_order), shown_scores  # the review order: least confident first
 
 
 def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path) -> None:
@@ -164,7 +180,8 @@ def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path
           f"version 1 (wrong labels) {acc_v1:.3f}")
     if not gate2["promoted"]:  # kept, not served: version 1 and its predictions stay
         assert requests.post(backend.url + "/setup", json={}, timeout=5).json()["model_version"] == v1
-        _look_in_the_browser(label_studio, project, v1, others, annotated, tmp_path / "loop_kept.png")
+        _look_in_the_browser(label_studio, project, v1, {t: p.score for t, p in second["preds"].items()}, others,
+                             annotated, tmp_path / "loop_kept.png")
         return
     third = _label_all(ls, backend, project, v2, 2)
     assert f"{N_ANNOTATED} human labels fixed in context" in third["job"]["message"]
@@ -172,4 +189,5 @@ def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path
     acc_v2 = _accuracy(third["preds"], gold, others)
     print(f"version 2 (corrected labels) promoted; accuracy on the other tasks {acc_v1:.3f} -> {acc_v2:.3f}")
     assert acc_v2 >= acc_v1
-    _look_in_the_browser(label_studio, project, v2, others, annotated, tmp_path / "loop_promoted.png")
+    _look_in_the_browser(label_studio, project, v2, {t: p.score for t, p in third["preds"].items()}, others,
+                         annotated, tmp_path / "loop_promoted.png")

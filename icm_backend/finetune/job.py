@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -54,6 +55,13 @@ class TrainSettings:
         )
 
     def __post_init__(self):
+        for name, value in (("ICM_TRAIN_MAX_STEPS", self.max_steps), ("ICM_TRAIN_BATCH_SIZE", self.batch_size)):
+            if value < 1:
+                raise InputError(f"{name}={value}: expected a whole number >= 1")
+        if not self.learning_rate > 0.0 or not math.isfinite(self.learning_rate):
+            raise InputError(f"ICM_TRAIN_LR={self.learning_rate}: expected a positive number (e.g. 1e-4)")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise InputError(f"ICM_TRAIN_MIN_CONFIDENCE={self.min_confidence}: expected a probability in [0, 1]")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise InputError(f"ICM_TRAIN_HOLDOUT_FRACTION={self.holdout_fraction}: expected a number in [0, 1) "
                              "(the share of accepted labels held out for early stopping and the promotion gate)")
