@@ -314,7 +314,7 @@ def headline(args, rows, gold, out_dir: Path) -> dict:
 
 
 def at(res: dict | None, key: str, k: int):
-    return res[key][k] if res and k < len(res[key]) else None
+    return res[key][k] if res and k < len(res.get(key) or []) else None  # files from before a key existed lack it
 
 
 def print_table(res: dict) -> None:
