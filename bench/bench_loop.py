@@ -100,7 +100,8 @@ class Loop:
                                     "promoted_by_round", "seconds_by_round", "flagged_by_round",
                                     "gold_ceiling_by_round", "reviewed_by_round", "tfidf_lr_by_round",
                                     "temperature_by_round", "calibrated_on_by_round", "reliable_by_round",
-                                    "gate_by_round", "mean_confidence_by_round", "round0_accuracy_by_round")}
+                                    "gate_by_round", "mean_confidence_by_round", "round0_accuracy_by_round",
+                                    "candidate_accuracy_by_round", "candidate_vs_served_by_round")}
         self.state_file = out_dir / f"state-{strategy}-seed{args.seed}.json"
         self.work = out_dir
         self.queue: list[int] = []  # the last round's review order
@@ -109,6 +110,7 @@ class Loop:
         # model gets wrong, so accuracy on what is left rises even if the new labelling changed nothing.
         self.round0_labels: list[str] = []
         self.round = 0
+        self.candidate: str | None = None  # this round's trained version if the gate kept it
         if self.state_file.exists():  # resume: a run cut into pieces (each under the CPU lock's time slice)
             st = json.loads(self.state_file.read_text())
             self.res, self.round, self.queue = st["res"], st["round"], st["queue"]
@@ -177,10 +179,31 @@ class Loop:
                                               progress=None)
         except InputError as exc:  # e.g. every reviewed label the same: nothing to fine-tune on
             return None, str(exc)
+        self.candidate = None if verdict.promoted else str(version.path)
         if verdict.promoted:
             self.serving_path, self.serving_name = str(version.path), version.name
             self.lm = load_lm(self.serving_path, "none")
         return verdict.promoted, verdict.reason
+
+    def score_candidate(self, rnd: int, served, free: list[int]) -> tuple[float | None, dict | None]:
+        """The version the gate kept, labelling the project as if it served: its accuracy on the tasks never
+        reviewed, and the sign test against what was served (b = tasks only it gets right, c = only the served
+        labelling). What the gate's small held-out slice could not see."""
+        if not self.candidate:
+            return None, None
+        from icm_backend.engine.model import load_lm
+        from icm_backend.finetune.gate import sign_test
+
+        a = self.args
+        config = SearchConfig(max_iters=a.max_iters, context_tokens=a.context_tokens, checkpoint_every_s=30)
+        preds = label_rows(self.rows, task="classify", labels=self.words, method="icm",
+                           model=load_lm(self.candidate, "none"), seed=a.seed, config=config, fixed=dict(self.reviewed),
+                           review=ReviewConfig(fraction=0.2),
+                           checkpoint=self.work / f"ckpt-{self.strategy}-seed{a.seed}-round{rnd}-candidate.json")
+        new = [preds[i].label == self.gold[i] for i in free]
+        old = [served[i].label == self.gold[i] for i in free]
+        b, c, p = sign_test(new, old)
+        return round(float(np.mean(new)), 4), {"b": b, "c": c, "p": round(p, 4)}
 
     def run(self) -> dict:
         a = self.args
@@ -191,8 +214,10 @@ class Loop:
             if rnd > 0 and pending.exists():  # reviewed and trained before an interruption: go on from there
                 p = json.loads(pending.read_text())
                 promoted, why, t_before = p["promoted"], p["why"], p["seconds"]
+                self.candidate = p.get("candidate")
             elif rnd > 0:
                 self.review_next()
+                self.candidate = None
                 if a.finetune:
                     promoted, why = self.finetune()
                 t_before = time.monotonic() - t0
@@ -235,6 +260,9 @@ class Loop:
             r["reliable_by_round"].append(rep.reliable)
             r["mean_confidence_by_round"].append(rep.mean_confidence)
             r["gate_by_round"].append(why)
+            cand_acc, cand_test = self.score_candidate(rnd, preds, free) if a.score_kept else (None, None)
+            r.setdefault("candidate_accuracy_by_round", []).append(cand_acc)
+            r.setdefault("candidate_vs_served_by_round", []).append(cand_test)
             r["tfidf_lr_by_round"].append(self.tfidf_lr(free))
             ceiling = a.ceiling and self.strategy == "queue"  # the ceiling is the table's, not each arm's
             r["gold_ceiling_by_round"].append(round(self.gold_ceiling(free), 4) if ceiling else None)
@@ -252,7 +280,7 @@ class Loop:
 
     def save_pending(self, path: Path, promoted, why: str, seconds: float) -> None:
         self.save()
-        path.write_text(json.dumps({"promoted": promoted, "why": why, "seconds": seconds}))
+        path.write_text(json.dumps({"promoted": promoted, "why": why, "seconds": seconds, "candidate": self.candidate}))
 
     def review_next(self) -> None:
         free = [i for i in self.queue if i not in self.reviewed]
@@ -322,17 +350,29 @@ def print_table(res: dict) -> None:
     rounds = len(q["accuracy_by_round"])
     print(f"\nReview loop on {res['data']} ({res['n']} tasks, {res['per_round']} reviewed per round, model "
           f"{res['model']}, seed {res['seed']}); accuracy etc. on the tasks never reviewed\n")
-    print("| round | reviewed | ICM acc (queue) | round 0's labels, same tasks | ECE | errors in flagged 20% | promoted | s | ICM acc (random review) "
+    print("| round | reviewed | ICM acc (queue) | round 0's labels, same tasks | ECE | errors in flagged 20% | promoted | "
+          "kept version, same tasks (only it right : only served right) | s | ICM acc (random review) "
           "| TF-IDF+LR (queue's labels) | TF-IDF+LR (random labels) | gold ceiling |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def kept(a: dict | None, k: int) -> str:
+        acc, t = at(a, "candidate_accuracy_by_round", k), at(a, "candidate_vs_served_by_round", k)
+        return "-" if acc is None else f"{acc:.3f} ({t['b']}:{t['c']}, p {t['p']:.2f})"
     f = lambda v, d=3: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
     for k in range(rounds):
         print(f"| {k} | {q['reviewed_by_round'][k]} | {f(q['accuracy_by_round'][k])} | "
               f"{f(at(q, 'round0_accuracy_by_round', k))} | {f(q['ece_by_round'][k])} | "
-              f"{f(q['flag_error_recall_by_round'][k], 2)} | {f(q['promoted_by_round'][k])} | {q['seconds_by_round'][k]:.0f} | "
+              f"{f(q['flag_error_recall_by_round'][k], 2)} | {f(q['promoted_by_round'][k])} | {kept(q, k)} | "
+              f"{q['seconds_by_round'][k]:.0f} | "
               f"{f(at(r, 'accuracy_by_round', k))} | {f(q['tfidf_lr_by_round'][k])} | "
               f"{f(at(r, 'tfidf_lr_by_round', k))} | "
               f"{f(q['gold_ceiling_by_round'][k])} |")
+    if r:
+        print("\nRandom review, the same tasks\n\n| round | reviewed | ICM acc (random review) | round 0's labels, same tasks "
+              "| promoted | kept version, same tasks (only it right : only served right) |\n|---|---|---|---|---|---|")
+        for k in range(len(r["accuracy_by_round"])):
+            print(f"| {k} | {r['reviewed_by_round'][k]} | {f(r['accuracy_by_round'][k])} | "
+                  f"{f(at(r, 'round0_accuracy_by_round', k))} | {f(r['promoted_by_round'][k])} | {kept(r, k)} |")
 
 
 def plot_loop(res: dict, path: Path) -> None:
@@ -351,6 +391,10 @@ def plot_loop(res: dict, path: Path) -> None:
             continue
         x = a["reviewed_by_round"]
         ax.plot(x, a["accuracy_by_round"], "o-", color=colour, label=f"{arm} review: the loop's labels")
+        cand = a.get("candidate_accuracy_by_round") or []
+        if any(v is not None for v in cand):
+            ax.plot([xi for xi, v in zip(x, cand) if v is not None], [v for v in cand if v is not None], "^",
+                    color=colour, ms=8, mfc="none", label=f"{arm} review: the version the gate kept, if served")
         if a.get("round0_accuracy_by_round"):
             ax.plot(x, a["round0_accuracy_by_round"], "s--", color=colour, alpha=0.6,
                     label=f"{arm} review: round 0's labels, same tasks")
@@ -397,6 +441,9 @@ def main() -> int:
     ap.add_argument("--train-context-tokens", type=int, default=192,
                     help="context budget of the in-context training prompts (memory and time grow with it)")
     ap.add_argument("--no-finetune", dest="finetune", action="store_false")
+    ap.add_argument("--score-kept", action="store_true",
+                    help="also label with each version the gate kept (as if it served) and report its accuracy on the "
+                         "never-reviewed tasks and a sign test against the served labelling (one more ICM run a round)")
     ap.add_argument("--no-random", dest="random", action="store_false", help="skip the random-review baseline")
     ap.add_argument("--arms", default="queue,random",
                     help="which review strategies to run (one process per arm runs them in parallel; a random arm "
