@@ -19,6 +19,12 @@ same table: the same loop reviewing random tasks instead of the queue, TF-IDF + 
 at all) vs on the gold labels of the same N tasks, and compare held-out accuracy on the other tasks; with
 `--task truthfulqa|gsm8k|alpaca --data <paper file>.json` on a paper task (groups never split).
 
+`--arms disagree` reviews, each round, first the tasks where the version the gate kept last round and the
+served labelling disagree (then the queue), and promotes that version when the humans side with it there
+by the gate's sign test (it never trained on those tasks): the review budget spent where it both finds
+errors and decides the promotion. `--score-kept` reports, for the other arms, what each kept version
+would have scored on the never-reviewed tasks.
+
 `--arms queue` / `--arms random` run one review strategy per process (e.g. in parallel on a GPU); a random
 arm run alone computes its own round 0. Every round is checkpointed: a killed run resumes where it was.
 """
@@ -101,7 +107,8 @@ class Loop:
                                     "gold_ceiling_by_round", "reviewed_by_round", "tfidf_lr_by_round",
                                     "temperature_by_round", "calibrated_on_by_round", "reliable_by_round",
                                     "gate_by_round", "mean_confidence_by_round", "round0_accuracy_by_round",
-                                    "candidate_accuracy_by_round", "candidate_vs_served_by_round")}
+                                    "candidate_accuracy_by_round", "candidate_vs_served_by_round",
+                                    "queue_error_recall_by_round", "disagreement_test_by_round")}
         self.state_file = out_dir / f"state-{strategy}-seed{args.seed}.json"
         self.work = out_dir
         self.queue: list[int] = []  # the last round's review order
@@ -111,12 +118,17 @@ class Loop:
         self.round0_labels: list[str] = []
         self.round = 0
         self.candidate: str | None = None  # this round's trained version if the gate kept it
+        # "disagree" arm: the last round's served labels and the kept version's labels of the same tasks
+        self.served_labels: list[str] = []
+        self.candidate_labels: list[str] = []
+        self.disagreement_test: dict | None = None  # this round's reviewed disagreements, as a sign test
         if self.state_file.exists():  # resume: a run cut into pieces (each under the CPU lock's time slice)
             st = json.loads(self.state_file.read_text())
             self.res, self.round, self.queue = st["res"], st["round"], st["queue"]
             self.reviewed = {int(k): v for k, v in st["reviewed"].items()}
             self.first_queue = st.get("first_queue", [])
             self.round0_labels = st.get("round0_labels", [])
+            self.served_labels, self.candidate_labels = st.get("served_labels", []), st.get("candidate_labels", [])
             self.res.setdefault("round0_accuracy_by_round", [])
             self.serving_path, self.serving_name = st["serving_path"], st["serving_name"]
             self.rng.bit_generator.state = st["rng"]
@@ -130,6 +142,7 @@ class Loop:
         tmp.write_text(json.dumps({"res": self.res, "round": self.round, "queue": self.queue,
                                    "reviewed": self.reviewed, "first_queue": self.first_queue,
                                    "round0_labels": self.round0_labels, "serving_path": self.serving_path,
+                                   "served_labels": self.served_labels, "candidate_labels": self.candidate_labels,
                                    "serving_name": self.serving_name, "rng": self.rng.bit_generator.state}))
         tmp.replace(self.state_file)
 
@@ -203,7 +216,25 @@ class Loop:
         new = [preds[i].label == self.gold[i] for i in free]
         old = [served[i].label == self.gold[i] for i in free]
         b, c, p = sign_test(new, old)
+        self.candidate_labels = [pr.label for pr in preds]
         return round(float(np.mean(new)), 4), {"b": b, "c": c, "p": round(p, 4)}
+
+    def promote_on_disagreements(self, prev: str | None) -> str:
+        """"disagree" arm: the kept version's case rests on the tasks where it and the served labelling
+        disagreed that were reviewed this round (it never trained on them): promoted by the gate's sign test
+        on those (b = the human agrees with it, c = with the served label)."""
+        from icm_backend.finetune.gate import DEFAULT_ALPHA
+
+        t = self.disagreement_test
+        if not prev or not t or not (t["b"] + t["c"]):
+            return ""
+        if t["b"] > t["c"] and t["p"] <= DEFAULT_ALPHA:
+            from icm_backend.engine.model import load_lm
+
+            self.serving_path, self.serving_name = prev, Path(prev).name
+            self.lm = load_lm(self.serving_path, "none")
+            return f"kept version promoted on {t['b'] + t['c']} reviewed disagreements ({t['b']}:{t['c']}, p {t['p']:.2f})"
+        return f"kept version not promoted on {t['b'] + t['c']} reviewed disagreements ({t['b']}:{t['c']}, p {t['p']:.2f})"
 
     def run(self) -> dict:
         a = self.args
@@ -216,10 +247,15 @@ class Loop:
                 promoted, why, t_before = p["promoted"], p["why"], p["seconds"]
                 self.candidate = p.get("candidate")
             elif rnd > 0:
+                prev = self.candidate
                 self.review_next()
                 self.candidate = None
+                by_review = self.promote_on_disagreements(prev) if self.strategy == "disagree" else ""
                 if a.finetune:
                     promoted, why = self.finetune()
+                if by_review:
+                    promoted = bool(promoted) or "kept version promoted" in by_review
+                    why = f"{by_review}; new version: {why}"
                 t_before = time.monotonic() - t0
                 self.save_pending(pending, promoted, why, t_before)
             else:
@@ -260,7 +296,11 @@ class Loop:
             r["reliable_by_round"].append(rep.reliable)
             r["mean_confidence_by_round"].append(rep.mean_confidence)
             r["gate_by_round"].append(why)
-            cand_acc, cand_test = self.score_candidate(rnd, preds, free) if a.score_kept else (None, None)
+            self.candidate_labels = []
+            cand_acc, cand_test = (self.score_candidate(rnd, preds, free) if a.score_kept or self.strategy == "disagree"
+                                   else (None, None))
+            self.served_labels = [pr.label for pr in preds]
+            r.setdefault("disagreement_test_by_round", []).append(self.disagreement_test)
             r.setdefault("candidate_accuracy_by_round", []).append(cand_acc)
             r.setdefault("candidate_vs_served_by_round", []).append(cand_test)
             r["tfidf_lr_by_round"].append(self.tfidf_lr(free))
@@ -272,6 +312,10 @@ class Loop:
             # the review queue: consistency flags first, then expected error (least confident first)
             self.queue = sorted(free, key=lambda i: (not any(f.kind == "inconsistent" for f in preds[i].flags),
                                                      preds[i].confidence, i))
+            nxt = self.next_order()[:int(np.ceil(0.2 * len(free)))]
+            wrong = {i for i in free if preds[i].label != self.gold[i]}
+            r.setdefault("queue_error_recall_by_round", []).append(
+                round(len(wrong.intersection(nxt)) / len(wrong), 4) if wrong else None)
             if rnd == 0:
                 self.first_queue = list(self.queue)
             self.round = rnd + 1
@@ -282,10 +326,28 @@ class Loop:
         self.save()
         path.write_text(json.dumps({"promoted": promoted, "why": why, "seconds": seconds, "candidate": self.candidate}))
 
-    def review_next(self) -> None:
+    def next_order(self) -> list[int]:
+        """The review order over the tasks not reviewed yet. "disagree": the tasks where the kept version and
+        the served labelling disagree come first (each review there is a trial of the promotion test, and one
+        of the two labels is wrong), in the queue's order, then the rest of the queue."""
         free = [i for i in self.queue if i not in self.reviewed]
+        if self.strategy != "disagree" or not self.candidate_labels:
+            return free
+        split = [i for i in free if self.candidate_labels[i] != self.served_labels[i]]
+        return split + [i for i in free if self.candidate_labels[i] == self.served_labels[i]]
+
+    def review_next(self) -> None:
+        free = self.next_order()
         k = min(self.args.per_round, len(free))
         chosen = self.rng.choice(free, size=k, replace=False) if self.strategy == "random" else free[:k]
+        self.disagreement_test = None
+        if self.strategy == "disagree" and self.candidate_labels:
+            from icm_backend.finetune.gate import sign_test
+
+            split = [int(i) for i in chosen if self.candidate_labels[i] != self.served_labels[i]]
+            b, c, p = sign_test([self.candidate_labels[i] == self.gold[i] for i in split],
+                                [self.served_labels[i] == self.gold[i] for i in split])
+            self.disagreement_test = {"reviewed": len(split), "b": b, "c": c, "p": round(p, 4)}
         for i in chosen:
             self.reviewed[int(i)] = self.gold[int(i)]
 
@@ -346,7 +408,19 @@ def at(res: dict | None, key: str, k: int):
 
 
 def print_table(res: dict) -> None:
-    q, r = res["queue"], res.get("random")
+    q, r = res.get("queue"), res.get("random")
+    f = lambda v, d=3: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
+
+    def kept(a: dict | None, k: int) -> str:
+        acc, t = at(a, "candidate_accuracy_by_round", k), at(a, "candidate_vs_served_by_round", k)
+        return "-" if acc is None else f"{acc:.3f} ({t['b']}:{t['c']}, p {t['p']:.2f})"
+
+    if q:
+        print_queue_table(res, q, r, f, kept)
+    print_arm_tables(res, f, kept)
+
+
+def print_queue_table(res: dict, q: dict, r: dict | None, f, kept) -> None:
     rounds = len(q["accuracy_by_round"])
     print(f"\nReview loop on {res['data']} ({res['n']} tasks, {res['per_round']} reviewed per round, model "
           f"{res['model']}, seed {res['seed']}); accuracy etc. on the tasks never reviewed\n")
@@ -354,11 +428,6 @@ def print_table(res: dict) -> None:
           "kept version, same tasks (only it right : only served right) | s | ICM acc (random review) "
           "| TF-IDF+LR (queue's labels) | TF-IDF+LR (random labels) | gold ceiling |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-
-    def kept(a: dict | None, k: int) -> str:
-        acc, t = at(a, "candidate_accuracy_by_round", k), at(a, "candidate_vs_served_by_round", k)
-        return "-" if acc is None else f"{acc:.3f} ({t['b']}:{t['c']}, p {t['p']:.2f})"
-    f = lambda v, d=3: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))  # noqa: E731
     for k in range(rounds):
         print(f"| {k} | {q['reviewed_by_round'][k]} | {f(q['accuracy_by_round'][k])} | "
               f"{f(at(q, 'round0_accuracy_by_round', k))} | {f(q['ece_by_round'][k])} | "
@@ -367,12 +436,23 @@ def print_table(res: dict) -> None:
               f"{f(at(r, 'accuracy_by_round', k))} | {f(q['tfidf_lr_by_round'][k])} | "
               f"{f(at(r, 'tfidf_lr_by_round', k))} | "
               f"{f(q['gold_ceiling_by_round'][k])} |")
-    if r:
-        print("\nRandom review, the same tasks\n\n| round | reviewed | ICM acc (random review) | round 0's labels, same tasks "
-              "| promoted | kept version, same tasks (only it right : only served right) |\n|---|---|---|---|---|---|")
-        for k in range(len(r["accuracy_by_round"])):
-            print(f"| {k} | {r['reviewed_by_round'][k]} | {f(r['accuracy_by_round'][k])} | "
-                  f"{f(at(r, 'round0_accuracy_by_round', k))} | {f(r['promoted_by_round'][k])} | {kept(r, k)} |")
+
+
+def print_arm_tables(res: dict, f, kept) -> None:
+    for arm, title in (("random", "Random review"), ("disagree", "Disagreements first (the kept version vs the served "
+                                                                   "labelling), then the queue")):
+        a_ = res.get(arm)
+        if not a_:
+            continue
+        print(f"\n{title}\n\n| round | reviewed | ICM acc | round 0's labels, same tasks | errors in the first 20% of "
+              "the review order | promoted | kept version, same tasks (only it right : only served right) | "
+              "reviewed disagreements (human sides with kept : with served) |\n|---|---|---|---|---|---|---|---|")
+        for k in range(len(a_["accuracy_by_round"])):
+            d = at(a_, "disagreement_test_by_round", k)
+            dis = "-" if not d else f"{d['reviewed']} ({d['b']}:{d['c']}, p {d['p']:.2f})"
+            print(f"| {k} | {a_['reviewed_by_round'][k]} | {f(a_['accuracy_by_round'][k])} | "
+                  f"{f(at(a_, 'round0_accuracy_by_round', k))} | {f(at(a_, 'queue_error_recall_by_round', k), 2)} | "
+                  f"{f(a_['promoted_by_round'][k])} | {kept(a_, k)} | {dis} |")
 
 
 def plot_loop(res: dict, path: Path) -> None:
@@ -385,7 +465,7 @@ def plot_loop(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for arm, colour in (("queue", "tab:blue"), ("random", "tab:orange")):
+    for arm, colour in (("queue", "tab:blue"), ("random", "tab:orange"), ("disagree", "tab:green")):
         a = res.get(arm)
         if not a:
             continue
@@ -446,8 +526,8 @@ def main() -> int:
                          "never-reviewed tasks and a sign test against the served labelling (one more ICM run a round)")
     ap.add_argument("--no-random", dest="random", action="store_false", help="skip the random-review baseline")
     ap.add_argument("--arms", default="queue,random",
-                    help="which review strategies to run (one process per arm runs them in parallel; a random arm "
-                         "alone computes its own round 0)")
+                    help="which review strategies to run: queue, random, disagree (one process per arm runs them in "
+                         "parallel; an arm without queue computes its own round 0)")
     ap.add_argument("--no-ceiling", dest="ceiling", action="store_false", help="skip the gold-label ceiling")
     ap.add_argument("--headline", type=int, default=0, help="run the ICM-labels-vs-gold fine-tune comparison on N tasks")
     ap.add_argument("--headline-methods", default="zero-shot,random-fewshot")
@@ -460,10 +540,10 @@ def main() -> int:
         except (OSError, ValueError) as exc:
             print(f"error: --json {args.json}: {exc}", file=sys.stderr)
             return 2
-        if "queue" not in res and "random" not in res:
+        if not any(a in res for a in ("queue", "random", "disagree")):
             print(f"error: --json {args.json}: no review-loop results (keys 'queue'/'random') to plot", file=sys.stderr)
             return 2
-        if "queue" in res:
+        if any(a in res for a in ("queue", "random", "disagree")):
             print_table(res)
         plot_loop(res, Path(args.json).with_suffix(".png"))
         print(f"\nwrote {Path(args.json).with_suffix('.png')}")
@@ -510,12 +590,14 @@ def main() -> int:
             res["queue"] = q
         if args.random and "random" in args.arms:
             res["random"] = Loop(args, rows, gold, "random", work, round0=queue_loop).run()
-        if "queue" in res:
+        if "disagree" in args.arms:
+            res["disagree"] = Loop(args, rows, gold, "disagree", work, round0=queue_loop).run()
+        if any(a in res for a in ("queue", "random", "disagree")):
             print_table(res)
     res["seconds_total"] = round(time.monotonic() - t0, 1)
     out.write_text(json.dumps(res, indent=1, default=str))
     print(f"\nwrote {out}")
-    if not args.headline and ("queue" in res or "random" in res):
+    if not args.headline and any(a in res for a in ("queue", "random", "disagree")):
         plot_loop(res, out.with_suffix(".png"))
         print(f"wrote {out.with_suffix('.png')}")
     return 0

@@ -27,6 +27,8 @@ from math import comb
 
 log = logging.getLogger(__name__)
 
+DEFAULT_ALPHA = 0.2  # the sign test's level (module docstring)
+
 
 @dataclass
 class GateScore:
@@ -84,7 +86,7 @@ def sign_test(new_right: list[bool], old_right: list[bool]) -> tuple[int, int, f
 
 def gate(train_rows: list[tuple[dict, str]], heldout_rows: list[tuple[dict, str]], task: str,
          labels: list[str] | None, method: str, serving_model: str, serving_name: str, new_model: str,
-         seed: int = 0, max_iters: int | None = None, alpha: float = 0.2) -> GateResult:
+         seed: int = 0, max_iters: int | None = None, alpha: float = DEFAULT_ALPHA) -> GateResult:
     """Compare the serving model and the new one on `heldout_rows` ((row, label word) pairs)."""
     from icm_backend.engine.model import load_lm
 
