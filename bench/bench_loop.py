@@ -458,7 +458,7 @@ def print_arm_tables(res: dict, f, kept) -> None:
 def plot_loop(res: dict, path: Path) -> None:
     """Two panels: accuracy on the never-reviewed tasks by labels reviewed (each arm next to round 0's labels
     scored on the same tasks: a gap between them is what the reviewed labels changed, the rest is the review
-    choosing which tasks are left), and the queue's flag recall and ECE against the issue's targets."""
+    choosing which tasks are left), and each arm's flag recall and ECE against the issue's targets."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -486,16 +486,19 @@ def plot_loop(res: dict, path: Path) -> None:
     ax.set_title(f"{Path(str(res['data'])).name}, {res['n']} tasks, {res['model']}, seed {res['seed']}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    if q:
-        x = q["reviewed_by_round"]
-        bx.plot(x, q["flag_error_recall_by_round"], "o-", color="tab:red", label="errors in the flagged 20% (queue)")
-        bx.plot(x, q["ece_by_round"], "o-", color="tab:green", label="ECE (queue)")
-        bx.axhline(0.6, color="tab:red", ls=":", lw=1, label="recall target 0.60")
-        bx.axhline(0.05, color="tab:green", ls=":", lw=1, label="ECE target 0.05")
-        bx.set_ylim(0, 1)
-        bx.set_xlabel("labels reviewed")
-        bx.grid(alpha=0.3)
-        bx.legend(fontsize=7)
+    for arm, colour in (("queue", "tab:blue"), ("random", "tab:orange"), ("disagree", "tab:green")):
+        a = res.get(arm)
+        if not a:
+            continue
+        x = a["reviewed_by_round"]
+        bx.plot(x, a["flag_error_recall_by_round"], "o-", color=colour, label=f"{arm}: errors in the flagged 20%")
+        bx.plot(x, a["ece_by_round"], "o--", color=colour, alpha=0.6, label=f"{arm}: ECE")
+    bx.axhline(0.6, color="tab:red", ls=":", lw=1, label="recall target 0.60")
+    bx.axhline(0.05, color="tab:green", ls=":", lw=1, label="ECE target 0.05")
+    bx.set_ylim(0, 1)
+    bx.set_xlabel("labels reviewed")
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
