@@ -478,6 +478,8 @@ def plot_loop(res: dict, path: Path) -> None:
         if a.get("round0_accuracy_by_round"):
             ax.plot(x, a["round0_accuracy_by_round"], "s--", color=colour, alpha=0.6,
                     label=f"{arm} review: round 0's labels, same tasks")
+        bx.plot(x, a["flag_error_recall_by_round"], "o-", color=colour, label=f"{arm}: errors in the flagged 20%")
+        bx.plot(x, a["ece_by_round"], "o--", color=colour, alpha=0.6, label=f"{arm}: ECE")
     q = res.get("queue") or {}
     if q and any(v is not None for v in q.get("gold_ceiling_by_round", [])):
         ax.plot(q["reviewed_by_round"], q["gold_ceiling_by_round"], "k:", label="gold-label ceiling (queue's tasks)")
@@ -486,13 +488,6 @@ def plot_loop(res: dict, path: Path) -> None:
     ax.set_title(f"{Path(str(res['data'])).name}, {res['n']} tasks, {res['model']}, seed {res['seed']}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    for arm, colour in (("queue", "tab:blue"), ("random", "tab:orange"), ("disagree", "tab:green")):
-        a = res.get(arm)
-        if not a:
-            continue
-        x = a["reviewed_by_round"]
-        bx.plot(x, a["flag_error_recall_by_round"], "o-", color=colour, label=f"{arm}: errors in the flagged 20%")
-        bx.plot(x, a["ece_by_round"], "o--", color=colour, alpha=0.6, label=f"{arm}: ECE")
     bx.axhline(0.6, color="tab:red", ls=":", lw=1, label="recall target 0.60")
     bx.axhline(0.05, color="tab:green", ls=":", lw=1, label="ECE target 0.05")
     bx.set_ylim(0, 1)
