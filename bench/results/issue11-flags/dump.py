@@ -1,3 +1,4 @@
+# Kept as run (from /tmp/flag, data at /work/shared/data, the editable icm_backend of this commit); see bench/RESULTS.md.
 """Round-0 ICM on SST-2 dev rows; save every per-row view for offline flag-ranking experiments."""
 import sys, csv, numpy as np
 import icm_backend.engine.labeler as L

@@ -1,3 +1,4 @@
+# Kept as run (from /tmp/flag, data at /work/shared/data, the editable icm_backend of this commit); see bench/RESULTS.md.
 """Does fine-tuning on the random arm's 128 reviewed labels lift ICM on the other 384 tasks? (seed-0 state)"""
 import sys, json, csv, time, numpy as np
 sys.path.insert(0, "/work/main")

@@ -1,3 +1,4 @@
+# Kept as run (from /tmp/flag, data at /work/shared/data, the editable icm_backend of this commit); see bench/RESULTS.md.
 import sys, csv, numpy as np
 from math import comb
 raw = list(csv.DictReader(open('/work/shared/data/sst2/dev.tsv'), delimiter='\t', quoting=csv.QUOTE_NONE))[:512]
