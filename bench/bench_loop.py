@@ -90,6 +90,14 @@ def read_data(path: str, labels: list[str], n: int | None, task: str = "classify
     return rows, gold
 
 
+ARMS = ("queue", "random", "disagree")
+RESULT_KEYS = ("accuracy_by_round", "ece_by_round", "flag_error_recall_by_round", "promoted_by_round",
+               "seconds_by_round", "flagged_by_round", "gold_ceiling_by_round", "reviewed_by_round",
+               "tfidf_lr_by_round", "temperature_by_round", "calibrated_on_by_round", "reliable_by_round",
+               "gate_by_round", "mean_confidence_by_round", "round0_accuracy_by_round", "candidate_accuracy_by_round",
+               "candidate_vs_served_by_round", "queue_error_recall_by_round", "disagreement_test_by_round")
+
+
 class Loop:
     """One review strategy ("queue" or "random") run for R rounds."""
 
@@ -102,13 +110,7 @@ class Loop:
         self.reviewed: dict[int, str] = {}
         self.serving_path = args.model
         self.serving_name = f"base:{args.model}"
-        self.res = {k: [] for k in ("accuracy_by_round", "ece_by_round", "flag_error_recall_by_round",
-                                    "promoted_by_round", "seconds_by_round", "flagged_by_round",
-                                    "gold_ceiling_by_round", "reviewed_by_round", "tfidf_lr_by_round",
-                                    "temperature_by_round", "calibrated_on_by_round", "reliable_by_round",
-                                    "gate_by_round", "mean_confidence_by_round", "round0_accuracy_by_round",
-                                    "candidate_accuracy_by_round", "candidate_vs_served_by_round",
-                                    "queue_error_recall_by_round", "disagreement_test_by_round")}
+        self.res = {k: [] for k in RESULT_KEYS}
         self.state_file = out_dir / f"state-{strategy}-seed{args.seed}.json"
         self.work = out_dir
         self.queue: list[int] = []  # the last round's review order
@@ -129,7 +131,8 @@ class Loop:
             self.first_queue = st.get("first_queue", [])
             self.round0_labels = st.get("round0_labels", [])
             self.served_labels, self.candidate_labels = st.get("served_labels", []), st.get("candidate_labels", [])
-            self.res.setdefault("round0_accuracy_by_round", [])
+            for k in RESULT_KEYS:  # a state saved before a key existed
+                self.res.setdefault(k, [])
             self.serving_path, self.serving_name = st["serving_path"], st["serving_name"]
             self.rng.bit_generator.state = st["rng"]
             print(f"[{strategy} seed {args.seed}] resuming at round {self.round}", flush=True)
@@ -146,12 +149,14 @@ class Loop:
                                    "serving_name": self.serving_name, "rng": self.rng.bit_generator.state}))
         tmp.replace(self.state_file)
 
-    def label(self, rnd: int):
+    def label(self, rnd: int, model=None, tag: str = ""):
+        """ICM over every task with the reviewed labels fixed, by the serving model (or `model`)."""
         a = self.args
         config = SearchConfig(max_iters=a.max_iters, context_tokens=a.context_tokens, checkpoint_every_s=30)
-        ck = self.work / f"ckpt-{self.strategy}-seed{a.seed}-round{rnd}.json"
-        return label_rows(self.rows, task="classify", labels=self.words, method="icm", model=self.lm, seed=a.seed,
-                          config=config, fixed=dict(self.reviewed), review=ReviewConfig(fraction=0.2), checkpoint=ck)
+        ck = self.work / f"ckpt-{self.strategy}-seed{a.seed}-round{rnd}{tag}.json"
+        return label_rows(self.rows, task="classify", labels=self.words, method="icm", model=model or self.lm,
+                          seed=a.seed, config=config, fixed=dict(self.reviewed), review=ReviewConfig(fraction=0.2),
+                          checkpoint=ck)
 
     def gold_ceiling(self, free: list[int]) -> float:
         from icm_backend.engine.labeler import make_scorer
@@ -207,19 +212,14 @@ class Loop:
         from icm_backend.engine.model import load_lm
         from icm_backend.finetune.gate import sign_test
 
-        a = self.args
-        config = SearchConfig(max_iters=a.max_iters, context_tokens=a.context_tokens, checkpoint_every_s=30)
-        preds = label_rows(self.rows, task="classify", labels=self.words, method="icm",
-                           model=load_lm(self.candidate, "none"), seed=a.seed, config=config, fixed=dict(self.reviewed),
-                           review=ReviewConfig(fraction=0.2),
-                           checkpoint=self.work / f"ckpt-{self.strategy}-seed{a.seed}-round{rnd}-candidate.json")
+        preds = self.label(rnd, model=load_lm(self.candidate, "none"), tag="-candidate")
         new = [preds[i].label == self.gold[i] for i in free]
         old = [served[i].label == self.gold[i] for i in free]
         b, c, p = sign_test(new, old)
         self.candidate_labels = [pr.label for pr in preds]
         return round(float(np.mean(new)), 4), {"b": b, "c": c, "p": round(p, 4)}
 
-    def promote_on_disagreements(self, prev: str | None) -> str:
+    def promote_on_disagreements(self, prev: str | None) -> tuple[bool, str]:
         """"disagree" arm: the kept version's case rests on the tasks where it and the served labelling
         disagreed that were reviewed this round (it never trained on them): promoted by the gate's sign test
         on those (b = the human agrees with it, c = with the served label)."""
@@ -227,14 +227,15 @@ class Loop:
 
         t = self.disagreement_test
         if not prev or not t or not (t["b"] + t["c"]):
-            return ""
-        if t["b"] > t["c"] and t["p"] <= DEFAULT_ALPHA:
+            return False, ""
+        promoted = t["b"] > t["c"] and t["p"] <= DEFAULT_ALPHA
+        if promoted:
             from icm_backend.engine.model import load_lm
 
             self.serving_path, self.serving_name = prev, Path(prev).name
             self.lm = load_lm(self.serving_path, "none")
-            return f"kept version promoted on {t['b'] + t['c']} reviewed disagreements ({t['b']}:{t['c']}, p {t['p']:.2f})"
-        return f"kept version not promoted on {t['b'] + t['c']} reviewed disagreements ({t['b']}:{t['c']}, p {t['p']:.2f})"
+        return promoted, (f"kept version {'promoted' if promoted else 'not promoted'} on {t['b'] + t['c']} reviewed "
+                          f"disagreements ({t['b']}:{t['c']}, p {t['p']:.2f})")
 
     def run(self) -> dict:
         a = self.args
@@ -250,12 +251,13 @@ class Loop:
                 prev = self.candidate
                 self.review_next()
                 self.candidate = None
-                by_review = self.promote_on_disagreements(prev) if self.strategy == "disagree" else ""
+                by_review, review_why = (self.promote_on_disagreements(prev) if self.strategy == "disagree"
+                                         else (False, ""))
                 if a.finetune:
                     promoted, why = self.finetune()
-                if by_review:
-                    promoted = bool(promoted) or "kept version promoted" in by_review
-                    why = f"{by_review}; new version: {why}"
+                if review_why:
+                    promoted = bool(promoted) or by_review
+                    why = f"{review_why}; new version: {why}"
                 t_before = time.monotonic() - t0
                 self.save_pending(pending, promoted, why, t_before)
             else:
@@ -300,9 +302,9 @@ class Loop:
             cand_acc, cand_test = (self.score_candidate(rnd, preds, free) if a.score_kept or self.strategy == "disagree"
                                    else (None, None))
             self.served_labels = [pr.label for pr in preds]
-            r.setdefault("disagreement_test_by_round", []).append(self.disagreement_test)
-            r.setdefault("candidate_accuracy_by_round", []).append(cand_acc)
-            r.setdefault("candidate_vs_served_by_round", []).append(cand_test)
+            r["disagreement_test_by_round"].append(self.disagreement_test)
+            r["candidate_accuracy_by_round"].append(cand_acc)
+            r["candidate_vs_served_by_round"].append(cand_test)
             r["tfidf_lr_by_round"].append(self.tfidf_lr(free))
             ceiling = a.ceiling and self.strategy == "queue"  # the ceiling is the table's, not each arm's
             r["gold_ceiling_by_round"].append(round(self.gold_ceiling(free), 4) if ceiling else None)
@@ -313,8 +315,8 @@ class Loop:
             self.queue = sorted(free, key=lambda i: (not any(f.kind == "inconsistent" for f in preds[i].flags),
                                                      preds[i].confidence, i))
             nxt = self.next_order()[:int(np.ceil(0.2 * len(free)))]
-            wrong = {i for i in free if preds[i].label != self.gold[i]}
-            r.setdefault("queue_error_recall_by_round", []).append(
+            wrong = {i for i, e in zip(free, errors) if e}
+            r["queue_error_recall_by_round"].append(
                 round(len(wrong.intersection(nxt)) / len(wrong), 4) if wrong else None)
             if rnd == 0:
                 self.first_queue = list(self.queue)
@@ -465,7 +467,7 @@ def plot_loop(res: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for arm, colour in (("queue", "tab:blue"), ("random", "tab:orange"), ("disagree", "tab:green")):
+    for arm, colour in zip(ARMS, ("tab:blue", "tab:orange", "tab:green")):
         a = res.get(arm)
         if not a:
             continue
@@ -538,11 +540,10 @@ def main() -> int:
         except (OSError, ValueError) as exc:
             print(f"error: --json {args.json}: {exc}", file=sys.stderr)
             return 2
-        if not any(a in res for a in ("queue", "random", "disagree")):
-            print(f"error: --json {args.json}: no review-loop results (keys 'queue'/'random') to plot", file=sys.stderr)
+        if not any(a in res for a in ARMS):
+            print(f"error: --json {args.json}: no review-loop results (keys {'/'.join(ARMS)}) to plot", file=sys.stderr)
             return 2
-        if any(a in res for a in ("queue", "random", "disagree")):
-            print_table(res)
+        print_table(res)
         plot_loop(res, Path(args.json).with_suffix(".png"))
         print(f"\nwrote {Path(args.json).with_suffix('.png')}")
         return 0
@@ -590,12 +591,12 @@ def main() -> int:
             res["random"] = Loop(args, rows, gold, "random", work, round0=queue_loop).run()
         if "disagree" in args.arms:
             res["disagree"] = Loop(args, rows, gold, "disagree", work, round0=queue_loop).run()
-        if any(a in res for a in ("queue", "random", "disagree")):
+        if any(a in res for a in ARMS):
             print_table(res)
     res["seconds_total"] = round(time.monotonic() - t0, 1)
     out.write_text(json.dumps(res, indent=1, default=str))
     print(f"\nwrote {out}")
-    if not args.headline and any(a in res for a in ("queue", "random", "disagree")):
+    if not args.headline and any(a in res for a in ARMS):
         plot_loop(res, out.with_suffix(".png"))
         print(f"wrote {out.with_suffix('.png')}")
     return 0

@@ -229,3 +229,22 @@ def dm_column_cells(driver, column_id: str) -> list[list[str]] | None:
     """[task id, cell text] per Data Manager row shown, for the column `column_id` (e.g.
     "tasks:predictions_score"); None while the grid or that column is not rendered."""
     return driver.execute_script(DM_CELLS_JS, column_id)
+
+
+def open_score_order_tab(driver, label_studio, project: int, title: str):
+    """What a reviewer does to see the least confident first: a Data Manager tab with every column shown, sorted by
+    Prediction score ascending; logs the browser in and opens it. Returns the WebDriverWait once the column shows."""
+    from selenium.webdriver.common.by import By
+
+    view = requests.post(f"{label_studio.url}/api/dm/views", headers=label_studio.headers, timeout=10, json={
+        "project": project, "data": {"title": title, "ordering": ["tasks:predictions_score"],
+                                     "hiddenColumns": {"explore": [], "labeling": []}}}).json()
+    wait = browser_login(driver, label_studio)
+    driver.get(f"{label_studio.url}/projects/{project}/data?tab={view['id']}")
+    wait.until(lambda d: "Prediction score" in d.find_element(By.TAG_NAME, "body").text)
+    return wait
+
+
+def wait_for_column(wait, column_id: str, n_rows: int) -> list[list[str]]:
+    """dm_column_cells once the grid shows `n_rows` rows."""
+    return wait.until(lambda d: (r := dm_column_cells(d, column_id)) and len(r) == n_rows and r)

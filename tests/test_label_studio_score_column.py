@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from backend_process import BackendProcess, wait_for
-from label_studio_harness import browser_login, chromium_driver, dm_column_cells, free_port, sst2_rows
+from label_studio_harness import chromium_driver, free_port, open_score_order_tab, sst2_rows, wait_for_column
 
 pytestmark = pytest.mark.slow
 
@@ -123,24 +123,12 @@ def test_score_column_filled_one_prediction_per_task(labelled, label_studio):
 
 
 def test_browser_data_manager_shows_prediction_scores(labelled, label_studio, tmp_path):
-    from selenium.webdriver.common.by import By
-
     pid = labelled["project"]
-    # What a user does to sort by confidence: a Data Manager tab with the column shown, lowest score first.
-    view = requests.post(f"{label_studio.url}/api/dm/views", headers=label_studio.headers, timeout=10, json={
-        "project": pid, "data": {"title": "by score", "ordering": ["tasks:predictions_score"],
-                                 "hiddenColumns": {"explore": [], "labeling": []}}}).json()
     driver = chromium_driver()
     shot = tmp_path / "ls_score_column.png"
     try:
-        wait = browser_login(driver, label_studio)
-        driver.get(f"{label_studio.url}/projects/{pid}/data?tab={view['id']}")
-        wait.until(lambda d: "Prediction score" in d.find_element(By.TAG_NAME, "body").text)
-
-        def score_cells(d):
-            rows = dm_column_cells(d, "tasks:predictions_score") or []
-            return rows if len(rows) == N_TASKS else False
-        rows = wait.until(score_cells)
+        wait = open_score_order_tab(driver, label_studio, pid, "by score")
+        rows = wait_for_column(wait, "tasks:predictions_score", N_TASKS)
         driver.save_screenshot(str(shot))
     finally:
         driver.quit()

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from backend_process import BackendProcess, wait_for, stopped_after
-from label_studio_harness import browser_login, chromium_driver, dm_column_cells, free_port, sst2_rows
+from label_studio_harness import chromium_driver, free_port, open_score_order_tab, sst2_rows, wait_for_column
 
 pytestmark = pytest.mark.slow
 
@@ -106,20 +106,11 @@ def _look_in_the_browser(label_studio, project: int, serving: str, scores: dict[
     score" column must show the serving version's score alone (`scores`, task -> score), so that sorting by
     it is the serving version's review order. The screenshot stays at `shot` (ICM_KEEP_LOOP_SCREENSHOT=<path>
     copies it)."""
-    from selenium.webdriver.common.by import By
-
-    view = requests.post(f"{label_studio.url}/api/dm/views", headers=label_studio.headers, timeout=10, json={
-        "project": project, "data": {"title": "review order", "ordering": ["tasks:predictions_score"],
-                                     "hiddenColumns": {"explore": [], "labeling": []}}}).json()
     driver = chromium_driver()
     try:
-        wait = browser_login(driver, label_studio)
-        driver.get(f"{label_studio.url}/projects/{project}/data?tab={view['id']}")
-        wait.until(lambda d: "Prediction score" in d.find_element(By.TAG_NAME, "body").text)
-        rows = wait.until(lambda d: (r := dm_column_cells(d, "tasks:predictions_model_versions")) and
-                          len(r) == N_TASKS and r)
-        shown_scores = wait.until(lambda d: (r := dm_column_cells(d, "tasks:predictions_score")) and
-                                  len(r) == N_TASKS and r)
+        wait = open_score_order_tab(driver, label_studio, project, "review order")
+        rows = wait_for_column(wait, "tasks:predictions_model_versions", N_TASKS)
+        shown_scores = wait_for_column(wait, "tasks:predictions_score", N_TASKS)
         driver.save_screenshot(str(shot))
     finally:
         driver.quit()
@@ -137,7 +128,8 @@ def _look_in_the_browser(label_studio, project: int, serving: str, scores: dict[
     for t in others:
         assert float(score_cell[t]) == pytest.approx(scores[t], abs=6e-4), (t, score_cell[t], scores[t], shown[t])
     assert not any(score_cell[t].strip() for t in annotated), shown_scores  # no prediction of the serving version
-    in_order = [float(cell) for t, cell in shown_scores if int(t) in set(others)]
+    not_annotated = set(others)
+    in_order = [float(cell) for t, cell in shown_scores if int(t) in not_annotated]
     assert in_order == sorted(in_order), shown_scores  # the review order: least confident first
 
 
