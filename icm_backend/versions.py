@@ -59,6 +59,11 @@ def _number(name: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def version_number(name: str) -> int:
+    """NNNN of a version ft<NNNN>-<time>; -1 for anything else (the base model): what "newer" compares."""
+    return _number(name)
+
+
 def list_versions(model_dir: str | Path) -> list[VersionInfo]:
     """Finished versions, oldest first (a version exists once its directory has been renamed in)."""
     root = versions_root(model_dir)
@@ -79,6 +84,17 @@ def list_versions(model_dir: str | Path) -> list[VersionInfo]:
             metrics["gate"] = json.loads((d / GATE_FILE).read_text())
         except (OSError, json.JSONDecodeError):
             pass
+        trials = {}
+        for f in d.glob("trial-*.json"):  # a version on trial (finetune.trial): where it disagrees, per project
+            try:
+                t = json.loads(f.read_text())
+                trials[str(t["project"])] = {"against": t.get("against"), "compared": t.get("compared"),
+                                             "disagreements": len(t.get("disagreements") or {}),
+                                             "job": t.get("job"), "updated_at": t.get("updated_at")}
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        if trials:
+            metrics["trials"] = trials
         base = (d / "icm_base_model.txt").read_text().strip() if (d / "icm_base_model.txt").exists() else ""
         out.append(VersionInfo(d.name, d, metrics.get("created_at", ""), base, metrics))
     return sorted(out, key=lambda v: _number(v.name))
@@ -244,7 +260,7 @@ def versions_payload(model_dir: str | Path, model_name: str, pin: str | None = N
     """GET /versions: every version (base first, then fine-tuned oldest to newest) with its metrics,
     which one serves and the pin. Metrics are trimmed to what a UI shows (history stays in metrics.json)."""
     keep = ("created_at", "base_model", "task", "labels", "data", "train_rows", "heldout_rows", "steps",
-            "stopped", "best_step", "heldout_before", "heldout_best", "seconds", "project", "trigger", "gate")
+            "stopped", "best_step", "heldout_before", "heldout_best", "seconds", "project", "trigger", "gate", "trials")
     try:
         current = served_version_name(model_dir, model_name, pin)
     except InputError as exc:

@@ -142,6 +142,7 @@ class TrainJob:
             raise InputError(f"project {project}: all {len(ts.rows)} usable annotations say {ts.rows[0].label!r}; "
                              "fine-tuning needs examples of at least two labels")
         log.info("project %s: %s", project, ts.summary())
+        trial = self._trial(project, tasks, spec)  # may switch the serving version: before the gate's request
         spec_file = ctx.workdir / "train_request.json"
         spec_file.write_text(json.dumps({
             "model_dir": str(self.backend.config.model_dir),
@@ -158,9 +159,31 @@ class TrainJob:
         result = self._run_worker(ctx, spec_file, settings.max_steps, ts.summary())
         head = (f"trained version {result['version']} on {ts.summary()}; {result['steps']} steps "
                 f"({result['stopped']}), held-out accuracy {result.get('heldout_accuracy')}")
+        if trial:
+            head = f"{trial}; then {head}"
         if result.get("promoted", True):
             return head + (f"; gate: {result['gate']}" if result.get("gate") else "") + "; now serving it"
         return head + f"; NOT serving it: {result.get('gate')}"
+
+    def _trial(self, project: int, tasks: list[dict], spec) -> str:
+        """The reviewers' verdict on the version on trial (finetune.trial), acted on; "" when none is due."""
+        from icm_backend.finetune.trial import run_trial
+        from icm_backend.labelstudio.annotations import resolve_task_annotations
+
+        human = {}
+        for t in tasks:
+            if t.get("annotations"):
+                got, _, _ = resolve_task_annotations(t["id"], t["annotations"], spec)
+                if got is not None:
+                    human[int(t["id"])] = got.label
+        verdict = run_trial(self.backend.config.model_dir, project, self._gate_request()["serving_name"], human)
+        if verdict is None or not verdict.reviewed:
+            return ""
+        log.info("project %s: version on trial %s", project, verdict.reason)
+        pin = getattr(self.backend.config, "model_version_pin", None)
+        pinned = (f" (CURRENT switched; ICM_MODEL_VERSION={pin} still pins what serves)"
+                  if verdict.promote and pin else "")
+        return f"version on trial {verdict.challenger} {verdict.reason}{pinned}"
 
     def _gate_request(self) -> dict:
         """What the promotion gate compares against: the version serving now, with the served method."""

@@ -105,3 +105,40 @@ def _review_results(spec: ProjectSpec, reason: str) -> list[dict]:
         out.append({"from_name": spec.review.reason_name, "to_name": to_name, "type": "textarea",
                     "value": {"text": [reason]}})
     return out
+
+
+def on_trial(spec: ProjectSpec, tp: TaskPrediction, challenger: str, label: str, confidence: float) -> TaskPrediction:
+    """`tp` (the serving version's prediction) where the version on trial, `challenger`, chose `label` with
+    `confidence`. Where the two agree, `tp` unchanged. Where they disagree, the task is flagged (one of the
+    two labels is wrong, and the reviewer's label is the trial's evidence: finetune.trial) and its score is
+    the two versions' mean probability of the label shown,
+
+        score = (p_serving(shown) + p_challenger(shown)) / 2,   p_challenger(shown) = (1 - confidence) / (K - 1)
+
+    (the challenger's probability of a label it did not choose is taken as its remaining mass shared evenly
+    over the K - 1 other labels; exact for K = 2). Binary: at most 0.75, so sorting by score ascending
+    brings these tasks up with the least confident ones."""
+    if not tp.result or tp.label is None or label == tp.label or tp.score is None:
+        return tp
+    k = max(len(spec.labels), 2)
+    other = (1.0 - max(0.0, min(1.0, float(confidence)))) / (k - 1)
+    score = round((tp.score + other) / 2, 6)
+    shown = _display(spec, label)
+    clause = (f"version {challenger} (trained on your labels, on trial) labels it {shown!r} "
+              f"({confidence:.2f}): your label decides which version serves")
+    reason = f"{tp.reason}; {clause}" if tp.reason else clause
+    main = [dict(r) for r in tp.result if r.get("from_name") == spec.from_name][:1]
+    for r in main:
+        r["score"] = score
+    result = main + (_review_results(spec, reason) if spec.has_review else [])
+    return TaskPrediction(task_id=tp.task_id, result=result, score=score, flagged=True, reason=reason, label=tp.label)
+
+
+def _display(spec: ProjectSpec, word: str) -> str:
+    """An engine label word as the project's config spells the choice."""
+    if spec.control_type == "pairwise":
+        return "left" if str(word).lower() == "true" else "right"
+    if spec.task == "claims":
+        return spec.choice_values[0] if str(word).lower() == "true" else spec.choice_values[1]
+    return word
+

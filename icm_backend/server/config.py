@@ -12,6 +12,15 @@ from icm_backend.envvars import env_int as _int
 from icm_backend.errors import InputError
 
 
+def _switch(env: dict, name: str, default: bool) -> bool:
+    raw = str(env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        return raw in ("1", "true", "yes", "on")
+    raise InputError(f"{name}={env.get(name)!r}: expected 1/true/on or 0/false/off")
+
+
 def _positive(env: dict, name: str, default: int) -> int:
     value = _int(env, name, default)
     if value < 1:
@@ -40,6 +49,7 @@ class ServerConfig:
     review_threshold: float = 0.6  # confidence under this -> flagged low_confidence (only if review_by_threshold)
     review_by_threshold: bool = False  # ICM_REVIEW_THRESHOLD set: flag by it; else by the review budget
     review_fraction: float = 0.2  # ICM_REVIEW_FRACTION: flag this share of each labelling, least confident first
+    trial: bool = True  # ICM_TRIAL=0 turns off: jobs also label with a kept version on trial (finetune.trial)
     shard_size: int = 128  # a job labels (and pushes to LS) this many tasks at a time; groups stay together
     seed: int = 0
     max_iters: int | None = None  # ICM_MAX_ITERS: cap on ICM search iterations per shard (engine default 20*N)
@@ -106,6 +116,7 @@ class ServerConfig:
             review_threshold=threshold,
             review_by_threshold=env.get("ICM_REVIEW_THRESHOLD") not in (None, ""),
             review_fraction=fraction,
+            trial=_switch(env, "ICM_TRIAL", True),
             shard_size=max(1, _int(env, "ICM_JOB_SHARD_SIZE", 128)),
             seed=_int(env, "ICM_SEED", 0),
             max_iters=_int(env, "ICM_MAX_ITERS", 0) or None,

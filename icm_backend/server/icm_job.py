@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from icm_backend.server.model_host import ModelHost
+from icm_backend.server.model_host import LabelledTasks, ModelHost
 from icm_backend.jobs.predictions import PredictionStore
 from icm_backend.jobs.projects import ProjectStore
 from icm_backend.jobs.queue import JobContext
@@ -148,6 +148,7 @@ class ICMJob:
         # zero-shot reads no context: carrying labels would only add rows to score
         carry_max = int(params.get("carry_max", CARRY_MAX)) if method != "zero-shot" else 0
         carry = state.get("carry", [])
+        trial = self._trial_pass(ctx, spec, shards, by_id, human, method, state)  # {task: (word, conf)} or None
         ls = self._ls_or_none(project)
         run = {"published": False, "known": set()}
         if ls is not None:
@@ -173,6 +174,9 @@ class ICMJob:
             failed = {tid: p.reason for tid, p in preds.items() if not p.result}  # one bad task costs only itself
             for tid, reason in list(failed.items())[:20]:
                 log.warning("job %d: task %s not labelled: %s", job.id, tid, reason)
+            if trial is not None:
+                marked = LabelledTasks(self._mark_trial(spec, preds, trial, state))
+                marked.assessment, preds = getattr(preds, "assessment", None), marked
             items = {tid: p.to_ls(version) for tid, p in preds.items()}
             self.predictions.put_predictions(project, version, items, job_id=job.id)
             if ls is not None:
@@ -206,6 +210,8 @@ class ICMJob:
             state["model_version_set"] = run["published"]
             ctx.save_state(state)
         human_note = f", {len(human)} human labels fixed in context" if human else ""
+        if trial is not None:
+            human_note += self._record_trial(job, state)
         v, verdict = labelling_verdict(state.get("assessment", {})), ""
         if v and not v["reliable"]:
             verdict = (f"; UNRELIABLE labelling ({v['unreliable_shards']} of {v['shards']} shard(s)): "
@@ -214,6 +220,75 @@ class ICMJob:
             verdict = f"; estimated accuracy {v['estimated_accuracy']:.2f}"
         return (f"{total - failed} tasks labelled{human_note}, {flagged} flagged for review{failed_note}, "
                 f"{where}{verdict}")
+
+    # -- the version on trial (finetune.trial) ------------------------------------------------
+    def _trial_pass(self, ctx: JobContext, spec, shards, by_id, human, method, state) -> dict | None:
+        """Label every shard with the challenger too, before the serving version's pass (so each served
+        shard can be compared as it is written); {task id: (label word, confidence)}. None when there is no
+        challenger, or it is off (ICM_TRIAL=0) or cannot run here (a model server serves no fine-tuned
+        version). Resumable: finished shards are kept in the job state."""
+        cfg = self.host.config
+        if not cfg.trial or cfg.server_url:
+            return None
+        if "trial" not in state:
+            from icm_backend.finetune.trial import challenger
+
+            v = challenger(cfg.model_dir, ctx.job.model_version)
+            state["trial"] = {"challenger": v.name, "labels": {}, "done_shards": []} if v else None
+            ctx.save_state(state)
+        t = state["trial"]
+        if not t:
+            return None
+        name, fixed = t["challenger"], {int(k): lab for k, lab in human.items() if k in by_id}
+        total = sum(len(s) for s in shards)
+        for k, shard in enumerate(shards):
+            if k in t["done_shards"]:
+                continue
+            done = sum(len(s) for j, s in enumerate(shards) if j in t["done_shards"])
+
+            def progress(d: int, n: int, msg: str = "", base=done, size=len(shard), k=k) -> None:
+                frac = (d / n) if n else 0.0
+                ctx.progress(base + int(frac * size), total,
+                             f"version on trial {name}, shard {k + 1}/{len(shards)}: {msg}")
+
+            preds = self.host.label(spec, shard, method=method, checkpoint=ctx.workdir / f"trial-{k}.ckpt",
+                                    progress=progress, version=name, context=[by_id[t_] for t_ in fixed],
+                                    fixed=fixed)
+            t["labels"].update({str(tid): [p.label, p.score] for tid, p in preds.items()
+                                if p.result and p.label is not None and p.score is not None})
+            t["done_shards"].append(k)
+            ctx.save_state(state)
+        log.info("job %d: version on trial %s labelled %d tasks", ctx.job.id, name, len(t["labels"]))
+        return {int(tid): (lab, float(c)) for tid, (lab, c) in t["labels"].items()}
+
+    def _mark_trial(self, spec, preds: dict, trial: dict, state: dict) -> dict:
+        """Flag (and re-score) the tasks where the version on trial disagrees; note them in the job state
+        (saved with the shard: a shard redone after a crash is counted once)."""
+        from icm_backend.labelstudio.results import on_trial
+
+        t, out = state["trial"], {}
+        for tid, p in preds.items():
+            if tid in trial and p.result and p.label is not None:
+                word, conf = trial[tid]
+                q = on_trial(spec, p, t["challenger"], word, conf)
+                t["compared"] = t.get("compared", 0) + 1
+                if q is not p:
+                    t.setdefault("disagreements", {})[str(tid)] = [word, p.label]
+                out[tid] = q
+            else:
+                out[tid] = p
+        return out
+
+    def _record_trial(self, job, state: dict) -> str:
+        """Write the trial record (finetune.trial) for the next training to read; the job message's note."""
+        from icm_backend.finetune.trial import TrialRecord, write_trial
+
+        t = state.get("trial") or {}
+        dis = {int(k): (v[0], v[1]) for k, v in (t.get("disagreements") or {}).items()}
+        write_trial(self.host.config.model_dir, TrialRecord(t["challenger"], job.model_version, job.project, dis,
+                                                            int(t.get("compared", 0)), job.id))
+        return (f"; version on trial {t['challenger']} disagrees on {len(dis)} of {t.get('compared', 0)} tasks "
+                "(flagged: reviewing them decides whether it serves)")
 
     # -- Label Studio ------------------------------------------------------------------------
     def _human_labels(self, project: int, spec, task_ids: set) -> list[list]:

@@ -26,6 +26,7 @@ from icm_backend.versions import base_version, served_model_path
 
 log = logging.getLogger(__name__)
 
+MODELS_KEPT = 2
 LOAD_RETRY_S = 30.0  # after a failed load, requests fail at once for this long instead of retrying the load
 
 
@@ -79,8 +80,9 @@ class ModelHost:
         # A labeler given by the caller (a test fake) gets the model's name, not a loaded model.
         default = remote_loader(config) if config.server_url else _default_loader
         self._loader = loader or (default if labeler is None else (lambda name: name))
-        self._lm = None
-        self._lm_path: str | None = None
+        # path -> loaded model, most recently used last; at most MODELS_KEPT (the serving version, and a
+        # version on trial while a job labels with it, without reloading either per shard or per request)
+        self._models: dict[str, object] = {}
         self._lock = threading.Lock()
         self.load_error: str | None = None  # why the last load failed (no paths); None once a load succeeds
         self._failed: tuple[str, float] | None = None  # (path, when) of the last failed load
@@ -96,26 +98,30 @@ class ModelHost:
         pin = version if version is not None else self.config.model_version_pin
         path = served_model_path(self.config.model_dir, self.config.base_model, pin)
         with self._lock:  # one load at a time; concurrent callers wait for it instead of loading twice
-            if self._lm is None or self._lm_path != path:
-                if self._failed and self._failed[0] == path and time.monotonic() - self._failed[1] < LOAD_RETRY_S:
-                    raise ModelUnavailable(self.load_error)
-                log.info("loading model %s", path)
-                try:
-                    self._lm = self._loader(path)
-                except Exception as exc:
-                    name = version or base_version(self.config.base_model)
-                    self.load_error = _redact(f"model {name} cannot be loaded: {type(exc).__name__}: {exc}",
-                                              self.config.model_dir)[:500]
-                    self._failed = (path, time.monotonic())
-                    log.error("%s", self.load_error)
-                    raise ModelUnavailable(self.load_error) from exc
-                self._lm_path = path
-                self.load_error, self._failed = None, None
-            return self._lm
+            if path in self._models:
+                self._models[path] = self._models.pop(path)
+                return self._models[path]
+            if self._failed and self._failed[0] == path and time.monotonic() - self._failed[1] < LOAD_RETRY_S:
+                raise ModelUnavailable(self.load_error)
+            log.info("loading model %s", path)
+            try:
+                lm = self._loader(path)
+            except Exception as exc:
+                name = version or base_version(self.config.base_model)
+                self.load_error = _redact(f"model {name} cannot be loaded: {type(exc).__name__}: {exc}",
+                                          self.config.model_dir)[:500]
+                self._failed = (path, time.monotonic())
+                log.error("%s", self.load_error)
+                raise ModelUnavailable(self.load_error) from exc
+            while len(self._models) >= MODELS_KEPT:
+                self._models.pop(next(iter(self._models)))  # callers still holding it keep it alive until done
+            self._models[path] = lm
+            self.load_error, self._failed = None, None
+            return lm
 
     @property
     def loaded(self) -> bool:
-        return self._lm is not None
+        return bool(self._models)
 
     def label(self, spec: ProjectSpec, tasks: list[dict], method: str, checkpoint=None,
               progress: Callable[[int, int, str], None] | None = None,
