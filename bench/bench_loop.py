@@ -221,14 +221,15 @@ class Loop:
 
     def promote_on_disagreements(self, prev: str | None) -> tuple[bool, str]:
         """"disagree" arm: the kept version's case rests on the tasks where it and the served labelling
-        disagreed that were reviewed this round (it never trained on them): promoted by the gate's sign test
-        on those (b = the human agrees with it, c = with the served label)."""
+        disagreed that were reviewed this round (it never trained on them): promoted by the server's trial
+        rule (finetune.trial.decide: the gate's sign test, b = the human agrees with it, c = with the served
+        label)."""
         from icm_backend.finetune.gate import DEFAULT_ALPHA
 
         t = self.disagreement_test
         if not prev or not t or not (t["b"] + t["c"]):
             return False, ""
-        promoted = t["b"] > t["c"] and t["p"] <= DEFAULT_ALPHA
+        promoted = t.get("promote", t["b"] > t["c"] and t["p"] <= DEFAULT_ALPHA)  # older results: the same rule
         if promoted:
             from icm_backend.engine.model import load_lm
 
@@ -344,12 +345,13 @@ class Loop:
         chosen = self.rng.choice(free, size=k, replace=False) if self.strategy == "random" else free[:k]
         self.disagreement_test = None
         if self.strategy == "disagree" and self.candidate_labels:
-            from icm_backend.finetune.gate import sign_test
+            from icm_backend.finetune.trial import TrialRecord, decide  # the server's rule for a version on trial
 
             split = [int(i) for i in chosen if self.candidate_labels[i] != self.served_labels[i]]
-            b, c, p = sign_test([self.candidate_labels[i] == self.gold[i] for i in split],
-                                [self.served_labels[i] == self.gold[i] for i in split])
-            self.disagreement_test = {"reviewed": len(split), "b": b, "c": c, "p": round(p, 4)}
+            record = TrialRecord("kept", "served", 0, {i: (self.candidate_labels[i], self.served_labels[i])
+                                                      for i in split})
+            v = decide(record, {i: self.gold[i] for i in split})
+            self.disagreement_test = {"reviewed": v.reviewed, "b": v.b, "c": v.c, "p": v.p, "promote": v.promote}
         for i in chosen:
             self.reviewed[int(i)] = self.gold[int(i)]
 

@@ -1,0 +1,141 @@
+"""A kept version on trial, end to end: REAL Label Studio 1.23.2, the backend as a real server, smollm2-135m.
+
+A careless annotator labels the 16 least confident tasks wrongly; version 1 trained on them is kept by the
+gate (16 labels at ICM_TRAIN_HOLDOUT_FRACTION=0.1 leave no held-out slice) and the user serves it anyway
+(one-call pin). The reviewer corrects the 16 labels; version 2 is trained and, with no held-out slice to
+test it on, kept: the gate cannot tell. The next ICM job labels the project with version 1 (serving) and
+version 2 (on trial), flags the tasks where they disagree (score = the two versions' mean probability of
+the shown label, reason naming version 2) and records them. The reviewer labels those tasks (gold, kept
+outside LS); "Start training" first settles the trial by the sign test on them, the verdict matching the
+rule applied to the gold labels, and only then trains version 3. When version 2 is promoted, the project is
+re-labelled under the serving version and accuracy on the tasks never reviewed is not lower than version 1's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from math import comb
+from pathlib import Path
+
+import pytest
+import requests
+
+from backend_process import BackendProcess, stopped_after, wait_for
+from label_studio_harness import free_port, sst2_rows
+from test_review_loop_e2e import FLIP, _accuracy, _choice, _jobs, _label_all
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+N_TASKS = 40
+N_ANNOTATED = 16
+
+
+def test_trial_e2e(label_studio, shared_dir, tmp_path):
+    backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
+        "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"), "LABEL_STUDIO_URL": label_studio.url,
+        "LABEL_STUDIO_API_KEY": label_studio.token, "ICM_METHOD": "icm", "ICM_MAX_ITERS": "64",
+        "ICM_SYNC_MAX_TASKS": "4", "ICM_JOB_SHARD_SIZE": str(N_TASKS), "ICM_TRAIN_MAX_STEPS": "24",
+        "ICM_TRAIN_BATCH_SIZE": "4", "ICM_TRAIN_LR": "1e-3", "ICM_TRAIN_HOLDOUT_FRACTION": "0.1",
+        "LOG_LEVEL": "INFO"})
+    backend.start()
+    with stopped_after(backend, label_studio, backend_log_chars=20000):
+        _run(label_studio, backend, shared_dir)
+
+
+def _train(ls, backend, project: int, ml_id: int, n: int) -> tuple[dict, dict, str]:
+    ls.ml.train(id=ml_id)
+    job = wait_for(lambda: len(js := [j for j in _jobs(backend, project, "train") if j["status"] in ("done", "failed")])
+                   >= n and max(js, key=lambda j: j["id"]), 900, f"training job {n}")
+    assert job["status"] == "done", job
+    versions = requests.get(backend.url + "/versions", timeout=5).json()
+    new = versions["versions"][-1]
+    assert new.startswith(f"ft{n:04d}-")
+    print(f"training {n}: {job['message']}")
+    return job, versions, new
+
+
+def _detail(versions: dict, name: str) -> dict:
+    return next(d for d in versions["details"] if d["version"] == name)
+
+
+def _serving(backend) -> str:
+    return requests.post(backend.url + "/setup", json={}, timeout=5).json()["model_version"]
+
+
+def _run(label_studio, backend: BackendProcess, shared_dir: Path) -> None:
+    ls = label_studio.client
+    config = (REPO / "label_config" / "classify.xml").read_text()
+    rows = sst2_rows(shared_dir, N_TASKS, start=200)
+    project = ls.projects.create(title="icm trial e2e", label_config=config).id
+    ls.projects.import_tasks(id=project, request=[{"text": t} for t, _ in rows])
+    tasks = sorted(ls.tasks.list(project=project, page_size=100), key=lambda t: t.id)
+    gold = {t.id: g for t, (_, g) in zip(tasks, rows)}  # kept outside Label Studio
+    ml = ls.ml.create(url=backend.url, project=project, is_interactive=False, title="icm")
+    base = _serving(backend)
+
+    first = _label_all(ls, backend, project, base, 0)
+    order = sorted(first["preds"], key=lambda t: (first["preds"][t].score, t))
+    annotated = order[:N_ANNOTATED]
+    ann_ids = {t: ls.annotations.create(id=t, result=_choice(FLIP[gold[t]])).id for t in annotated}
+
+    _, versions, v1 = _train(ls, backend, project, ml.id, 1)
+    assert _detail(versions, v1)["gate"]["promoted"] is False  # no held-out slice: the gate cannot pass it
+    subprocess.run([sys.executable, "-m", "icm_backend.cli", "versions", str(backend.model_dir), "--pin", v1],
+                   check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert _serving(backend) == v1
+
+    for t in annotated:  # the reviewer corrects the careless labels
+        ls.annotations.update(id=ann_ids[t], result=_choice(gold[t]))
+    job2, versions, v2 = _train(ls, backend, project, ml.id, 2)
+    assert _detail(versions, v2)["gate"]["promoted"] is False and _serving(backend) == v1
+    assert "version on trial" not in job2["message"]  # nothing was on trial yet
+
+    second = _label_all(ls, backend, project, v1, 1)  # serving v1, v2 on trial
+    others = sorted(set(gold) - set(annotated))
+    assert set(second["preds"]) == set(others)
+    msg = second["job"]["message"]
+    assert f"version on trial {v2} disagrees on " in msg and f" of {len(others)} tasks" in msg, msg
+    versions = requests.get(backend.url + "/versions", timeout=5).json()
+    trial = _detail(versions, v2)["trials"][str(project)]
+    assert trial["against"] == v1 and trial["compared"] == len(others) and trial["job"] == second["job"]["id"]
+    state = requests.get(f"{backend.url}/jobs/{second['job']['id']}", timeout=5).json()["state"]["trial"]
+    disagree = {int(t): words for t, words in state["disagreements"].items()}
+    assert len(disagree) == trial["disagreements"] >= 1, "version 1 (wrong labels) and 2 (corrected) never disagree"
+    for t, p in second["preds"].items():  # what the reviewer sees on those tasks
+        reasons = [r["value"]["text"][0] for r in p.result if r["from_name"] == "review_reason"]
+        shown = p.result[0]["value"]["choices"][0]
+        if t in disagree:
+            assert p.score <= 0.75 and any(f"version {v2}" in r and "on trial" in r for r in reasons), (t, p)
+            assert shown == disagree[t][1] and shown != disagree[t][0]
+        else:
+            assert not any("on trial" in r for r in reasons)
+
+    for t in disagree:  # the reviewer labels the disagreements (one of the two versions is wrong on each)
+        ls.annotations.create(id=t, result=_choice(gold[t]))
+    b = sum(gold[t] == w[0] for t, w in disagree.items())
+    c = sum(gold[t] == w[1] for t, w in disagree.items())
+    p = sum(comb(b + c, k) for k in range(b, b + c + 1)) / 2 ** (b + c) if b + c else 1.0
+    should = b > c and p <= 0.2
+    print(f"{len(disagree)} disagreements: gold sides with {v2} on {b}, with {v1} on {c} (p = {p:.3f})")
+
+    job3, versions, v3 = _train(ls, backend, project, ml.id, 3)
+    verdict = ("promoted" if should else "retired" if c > b and sum(
+        comb(b + c, k) for k in range(c, b + c + 1)) / 2 ** (b + c) <= 0.2 else "still on trial")
+    assert job3["message"].startswith(f"version on trial {v2} {verdict}"), job3["message"]
+    assert f": on {len(disagree)} reviewed of {len(disagree)} tasks where {v2} and {v1} disagree" in job3["message"]
+    g2 = _detail(versions, v2)["gate"]
+    assert g2["promoted"] is should and (g2["trial"]["b"], g2["trial"]["c"]) == (b, c)
+    g3 = _detail(versions, v3)["gate"]
+    assert g3["serving_version"] == (v2 if should else v1)  # version 3 is gated against what serves after the trial
+    serving = _serving(backend)
+    assert serving == (v3 if g3["promoted"] else v2 if should else v1)
+    if not should:
+        return
+    never = sorted(set(others) - set(disagree))
+    third = _label_all(ls, backend, project, serving, 2)
+    acc_v1, acc_now = _accuracy(second["preds"], gold, never), _accuracy(third["preds"], gold, never)
+    print(f"accuracy on the {len(never)} tasks never reviewed: {v1} {acc_v1:.3f} -> {serving} {acc_now:.3f}")
+    assert acc_now >= acc_v1
