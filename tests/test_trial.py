@@ -190,3 +190,20 @@ def test_no_trial_pass_when_switched_off(make):
     backend.host._labeler = challenger_flips(v1)
     job = run_job(backend)
     assert job.status == "done" and "trial" not in job.state and "on trial" not in job.message
+
+
+def test_the_versions_command_says_which_version_is_on_trial(tmp_path, capsys):
+    from argparse import Namespace
+
+    from icm_backend.commands.finetune import run_versions
+
+    v1 = fake_version(tmp_path, 1, True)
+    v2 = fake_version(tmp_path, 2, False)
+    v3 = fake_version(tmp_path, 3, False)
+    promote(tmp_path, v1)
+    T.write_trial(tmp_path, T.TrialRecord(v3, v1, 4, {1: ("a", "b")}, 9))
+    run_versions(Namespace(model_dir=tmp_path, pin=None))
+    out = {line.lstrip("* ").split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert out[v1].startswith("*") and out[v1].endswith("gate=promoted")
+    assert out[v2].endswith("gate=kept")  # superseded by a newer kept version: not on trial
+    assert out[v3].endswith("gate=kept, on trial (project 4: 1 disagreements)")

@@ -76,11 +76,32 @@ def run_versions(args) -> int:
 
     if args.pin:
         promote(args.model_dir, args.pin)
+    from icm_backend.finetune.trial import challenger
+
     current = current_name(args.model_dir)
+    on_trial = challenger(args.model_dir, current or "base")
     for v in list_versions(args.model_dir):
         best = (v.metrics.get("heldout_best") or {}).get("accuracy")
         print(f"{'*' if v.name == current else ' '} {v.name}  {v.created_at}  base={v.base_model}  "
-              f"rows={v.metrics.get('train_rows')}+{v.metrics.get('heldout_rows')}  heldout_acc={best}")
+              f"rows={v.metrics.get('train_rows')}+{v.metrics.get('heldout_rows')}  heldout_acc={best}  "
+              f"gate={_gate_status(v.metrics, on_trial is not None and v.name == on_trial.name)}")
     if current is None:
         print("* base (no fine-tuned version is current)")
     return 0
+
+
+def _gate_status(metrics: dict, on_trial: bool) -> str:
+    """promoted / kept / on trial (the disagreements recorded per project) / retired, as docs/finetune.md names them."""
+    gate, trials = metrics.get("gate") or {}, metrics.get("trials") or {}
+    trial = gate.get("trial") or {}
+    if not gate:
+        return "none"
+    if gate.get("promoted"):
+        return "promoted by review" if trial.get("promote") else "promoted"
+    if trial.get("retire"):
+        return "retired by review"
+    if on_trial:
+        return "kept, on trial (" + (", ".join(f"project {p}: {t['disagreements']} disagreements"
+                                               for p, t in sorted(trials.items())) or "no ICM job since") + ")"
+    return "kept"
+
