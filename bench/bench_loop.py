@@ -95,7 +95,8 @@ RESULT_KEYS = ("accuracy_by_round", "ece_by_round", "flag_error_recall_by_round"
                "seconds_by_round", "flagged_by_round", "gold_ceiling_by_round", "reviewed_by_round",
                "tfidf_lr_by_round", "temperature_by_round", "calibrated_on_by_round", "reliable_by_round",
                "gate_by_round", "mean_confidence_by_round", "round0_accuracy_by_round", "candidate_accuracy_by_round",
-               "candidate_vs_served_by_round", "queue_error_recall_by_round", "disagreement_test_by_round")
+               "candidate_vs_served_by_round", "queue_error_recall_by_round", "disagreement_test_by_round",
+               "trial_score_by_round")
 
 
 class Loop:
@@ -124,6 +125,7 @@ class Loop:
         self.served_labels: list[str] = []
         self.candidate_labels: list[str] = []
         self.disagreement_test: dict | None = None  # this round's reviewed disagreements, as a sign test
+        self.trial_score: dict | None = None  # the scores LS would show with the kept version on trial
         if self.state_file.exists():  # resume: a run cut into pieces (each under the CPU lock's time slice)
             st = json.loads(self.state_file.read_text())
             self.res, self.round, self.queue = st["res"], st["round"], st["queue"]
@@ -217,7 +219,24 @@ class Loop:
         old = [served[i].label == self.gold[i] for i in free]
         b, c, p = sign_test(new, old)
         self.candidate_labels = [pr.label for pr in preds]
+        self.trial_score = self.score_as_served_on_trial(served, preds, free)
         return round(float(np.mean(new)), 4), {"b": b, "c": c, "p": round(p, 4)}
+
+    def score_as_served_on_trial(self, served, cand, free: list[int]) -> dict:
+        """The score Label Studio shows while the kept version is on trial (labelstudio.results.on_trial: where
+        the two disagree, their mean probability of the served label), on the never-reviewed tasks: its ECE,
+        the errors inside its lowest 20 % (consistency flags first, as the queue), and how many disagree."""
+        k = len(self.words)
+        score = np.array([served[i].confidence if cand[i].label == served[i].label else
+                          (served[i].confidence + (1.0 - cand[i].confidence) / (k - 1)) / 2 for i in free])
+        correct = np.array([served[i].label == self.gold[i] for i in free], dtype=float)
+        ece, _ = calibration(score, correct)
+        order = sorted(range(len(free)), key=lambda j: (not any(f.kind == "inconsistent" for f in served[free[j]].flags),
+                                                        score[j], free[j]))
+        low = set(order[:int(np.ceil(0.2 * len(free)))])
+        wrong = {j for j in range(len(free)) if not correct[j]}
+        return {"ece": round(float(ece), 4), "error_recall": round(len(wrong & low) / len(wrong), 4) if wrong else None,
+                "disagreements": int(sum(cand[i].label != served[i].label for i in free))}
 
     def promote_on_disagreements(self, prev: str | None) -> tuple[bool, str]:
         """"disagree" arm: the kept version's case rests on the tasks where it and the served labelling
@@ -299,13 +318,14 @@ class Loop:
             r["reliable_by_round"].append(rep.reliable)
             r["mean_confidence_by_round"].append(rep.mean_confidence)
             r["gate_by_round"].append(why)
-            self.candidate_labels = []
+            self.candidate_labels, self.trial_score = [], None
             cand_acc, cand_test = (self.score_candidate(rnd, preds, free) if a.score_kept or self.strategy == "disagree"
                                    else (None, None))
             self.served_labels = [pr.label for pr in preds]
             r["disagreement_test_by_round"].append(self.disagreement_test)
             r["candidate_accuracy_by_round"].append(cand_acc)
             r["candidate_vs_served_by_round"].append(cand_test)
+            r["trial_score_by_round"].append(self.trial_score)
             r["tfidf_lr_by_round"].append(self.tfidf_lr(free))
             ceiling = a.ceiling and self.strategy == "queue"  # the ceiling is the table's, not each arm's
             r["gold_ceiling_by_round"].append(round(self.gold_ceiling(free), 4) if ceiling else None)

@@ -14,6 +14,7 @@ re-labelled under the serving version and accuracy on the tasks never reviewed i
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from math import comb
@@ -23,7 +24,7 @@ import pytest
 import requests
 
 from backend_process import BackendProcess, stopped_after, wait_for
-from label_studio_harness import free_port, sst2_rows
+from label_studio_harness import chromium_driver, free_port, open_score_order_tab, sst2_rows, wait_for_column
 from test_review_loop_e2e import FLIP, _accuracy, _choice, _jobs, _label_all
 
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ def test_trial_e2e(label_studio, shared_dir, tmp_path):
         "LOG_LEVEL": "INFO"})
     backend.start()
     with stopped_after(backend, label_studio, backend_log_chars=20000):
-        _run(label_studio, backend, shared_dir)
+        _run(label_studio, backend, shared_dir, tmp_path)
 
 
 def _train(ls, backend, project: int, ml_id: int, n: int) -> tuple[dict, dict, str]:
@@ -65,7 +66,33 @@ def _serving(backend) -> str:
     return requests.post(backend.url + "/setup", json={}, timeout=5).json()["model_version"]
 
 
-def _run(label_studio, backend: BackendProcess, shared_dir: Path) -> None:
+def _look_in_the_browser(label_studio, project: int, scores: dict[int, float], disagree: dict, v2: str,
+                         shot: Path) -> None:
+    """The Data Manager, sorted by Prediction score ascending, as a reviewer opens it: the shown scores are the
+    serving version's predictions' (the two versions' mean where they disagree), in ascending order, and the
+    disagreements' prediction results carry the reason naming the version on trial. ICM_KEEP_TRIAL_SCREENSHOT
+    =<path> keeps the screenshot."""
+    driver = chromium_driver()
+    try:
+        wait = open_score_order_tab(driver, label_studio, project, "review order")
+        shown = wait_for_column(wait, "tasks:predictions_score", N_TASKS)
+        results = wait_for_column(wait, "tasks:predictions_results", N_TASKS)
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    if os.environ.get("ICM_KEEP_TRIAL_SCREENSHOT"):
+        shutil.copy(shot, os.environ["ICM_KEEP_TRIAL_SCREENSHOT"])
+    cell = {int(t): c for t, c in shown}
+    for t, score in scores.items():
+        assert float(cell[t]) == pytest.approx(score, abs=6e-4), (t, cell[t], score)
+    in_order = [float(c) for t, c in shown if int(t) in scores]
+    assert in_order == sorted(in_order), shown
+    text = {int(t): c for t, c in results}
+    print("predictions results cell of a disagreement:", text[next(iter(disagree))][:300])
+    assert all(v2 in text[t] for t in disagree), results
+
+
+def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path) -> None:
     ls = label_studio.client
     config = (REPO / "label_config" / "classify.xml").read_text()
     rows = sst2_rows(shared_dir, N_TASKS, start=200)
@@ -112,6 +139,9 @@ def _run(label_studio, backend: BackendProcess, shared_dir: Path) -> None:
             assert shown == disagree[t][1] and shown != disagree[t][0]
         else:
             assert not any("on trial" in r for r in reasons)
+
+    _look_in_the_browser(label_studio, project, {t: p.score for t, p in second["preds"].items()}, disagree, v2,
+                         tmp_path / "trial.png")
 
     for t in disagree:  # the reviewer labels the disagreements (one of the two versions is wrong on each)
         ls.annotations.create(id=t, result=_choice(gold[t]))
