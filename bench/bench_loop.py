@@ -133,8 +133,8 @@ class Loop:
             self.first_queue = st.get("first_queue", [])
             self.round0_labels = st.get("round0_labels", [])
             self.served_labels, self.candidate_labels = st.get("served_labels", []), st.get("candidate_labels", [])
-            for k in RESULT_KEYS:  # a state saved before a key existed
-                self.res.setdefault(k, [])
+            for k in RESULT_KEYS:  # a state saved before a key existed: None for the rounds it missed
+                self.res.setdefault(k, [None] * len(self.res["accuracy_by_round"]))
             self.serving_path, self.serving_name = st["serving_path"], st["serving_name"]
             self.rng.bit_generator.state = st["rng"]
             print(f"[{strategy} seed {args.seed}] resuming at round {self.round}", flush=True)
@@ -525,7 +525,7 @@ def plot_loop(res: dict, path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", help="TSV with header text<TAB>label (required unless --replot)")
     ap.add_argument("--labels", default="", help="label words, e.g. negative,positive (classify only)")
     ap.add_argument("--task", default="classify", help="classify (TSV) or a paper task with a JSON --data file "
                     "(truthfulqa, gsm8k, alpaca, claims, comparison); the review loop is classify only")
@@ -569,6 +569,8 @@ def main() -> int:
         plot_loop(res, Path(args.json).with_suffix(".png"))
         print(f"\nwrote {Path(args.json).with_suffix('.png')}")
         return 0
+    if not args.data:
+        ap.error("--data is required (a TSV with header text<TAB>label)")
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

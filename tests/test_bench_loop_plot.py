@@ -12,7 +12,7 @@ RESULTS = REPO / "bench" / "results" / "issue11-cpu"
 
 
 def _replot(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "bench" / "bench_loop.py"), "--data", "unused", "--json",
+    return subprocess.run([sys.executable, str(REPO / "bench" / "bench_loop.py"), "--json",
                            str(path), "--replot"], capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
