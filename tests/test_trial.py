@@ -120,7 +120,8 @@ def test_a_disagreement_is_flagged_and_scored_as_the_two_versions_mean_probabili
     assert q.flagged and q.score == pytest.approx((0.9 + 0.3) / 2) and q.label == "Positive"
     assert q.result[0]["value"] == {"choices": ["Positive"]} and q.result[0]["score"] == q.score
     assert tp.result[0]["score"] == 0.9  # the serving prediction is not modified in place
-    assert "version ft0002-x (trained on your labels, on trial) labels it 'Negative' (0.70)" in q.reason
+    assert ("version ft0002-x (trained on your labels, on trial) labels it 'Negative' (0.70; score shown 0.60, "
+            "the two versions' mean)") in q.reason
     review = {r["from_name"]: r["value"] for r in q.result[1:]}
     assert review == {"needs_review": {"choices": ["needs review"]}, "review_reason": {"text": [q.reason]}}
     flagged = P.TaskPrediction(8, tp.result, 0.6, flagged=True, reason="low confidence 0.60", label="Positive")

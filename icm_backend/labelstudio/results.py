@@ -125,7 +125,8 @@ def on_trial(spec: ProjectSpec, tp: TaskPrediction, challenger: str, label: str,
     score = round((tp.score + other) / 2, 6)
     shown = _display(spec, label)
     clause = (f"version {challenger} (trained on your labels, on trial) labels it {shown!r} "
-              f"({confidence:.2f}): your label decides which version serves")
+              f"({confidence:.2f}; score shown {score:.2f}, the two versions' mean): your label decides which "
+              "version serves")
     reason = f"{tp.reason}; {clause}" if tp.reason else clause
     main = [dict(r) for r in tp.result if r.get("from_name") == spec.from_name][:1]
     for r in main:
