@@ -78,8 +78,8 @@ def _choice(word: str) -> list[dict]:
     return [{"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [word]}}]
 
 
-def _train(ls, backend, project: int, ml_id: int, n: int) -> tuple[dict, dict, str, dict]:
-    """Press "Start training"; wait for the n-th training job. (job, /versions, new version, its gate)."""
+def press_train(ls, backend, project: int, ml_id: int, n: int) -> tuple[dict, dict, str]:
+    """Press "Start training"; wait for the n-th training job to succeed. (job, /versions, the new version)."""
     ls.ml.train(id=ml_id)
     job = wait_for(lambda: len(js := [j for j in _jobs(backend, project, "train") if j["status"] in ("done", "failed")])
                    >= n and max(js, key=lambda j: j["id"]), 900, f"training job {n}")
@@ -87,6 +87,12 @@ def _train(ls, backend, project: int, ml_id: int, n: int) -> tuple[dict, dict, s
     versions = requests.get(backend.url + "/versions", timeout=5).json()
     new = versions["versions"][-1]
     assert new.startswith(f"ft{n:04d}-")
+    return job, versions, new
+
+
+def _train(ls, backend, project: int, ml_id: int, n: int) -> tuple[dict, dict, str, dict]:
+    """press_train, and the gate's verdict on the new version checked against its rule. (..., its gate)."""
+    job, versions, new = press_train(ls, backend, project, ml_id, n)
     gate = next(d for d in versions["details"] if d["version"] == new)["gate"]
     assert gate["n"] == N_HELD_OUT and gate["method"] == "icm"
     assert gate["reason"] in job["message"]
@@ -133,16 +139,22 @@ def _look_in_the_browser(label_studio, project: int, serving: str, scores: dict[
     assert in_order == sorted(in_order), shown_scores  # the review order: least confident first
 
 
-def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path) -> None:
-    ls = label_studio.client
+def sst2_project(ls, backend, shared_dir: Path, title: str, n: int) -> tuple[int, dict[int, str], object, str]:
+    """An LS project of n SST-2 dev rows (classify.xml) connected to the backend: (project id, gold labels by task
+    id, kept outside Label Studio; the ML backend; the version serving now)."""
     config = (REPO / "label_config" / "classify.xml").read_text()
-    rows = sst2_rows(shared_dir, N_TASKS, start=200)
-    project = ls.projects.create(title="icm review loop e2e", label_config=config).id
+    rows = sst2_rows(shared_dir, n, start=200)
+    project = ls.projects.create(title=title, label_config=config).id
     ls.projects.import_tasks(id=project, request=[{"text": t} for t, _ in rows])
     tasks = sorted(ls.tasks.list(project=project, page_size=100), key=lambda t: t.id)
-    gold = {t.id: g for t, (_, g) in zip(tasks, rows)}  # kept outside Label Studio
+    gold = {t.id: g for t, (_, g) in zip(tasks, rows)}
     ml = ls.ml.create(url=backend.url, project=project, is_interactive=False, title="icm")
-    base = requests.get(backend.url + "/health", timeout=2).json()["model_version"]
+    return project, gold, ml, requests.get(backend.url + "/health", timeout=2).json()["model_version"]
+
+
+def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path) -> None:
+    ls = label_studio.client
+    project, gold, ml, base = sst2_project(ls, backend, shared_dir, "icm review loop e2e", N_TASKS)
 
     first = _label_all(ls, backend, project, base, 0)
     assert set(first["preds"]) == set(gold)

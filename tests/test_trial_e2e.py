@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from backend_process import BackendProcess, stopped_after, wait_for
-from label_studio_harness import chromium_driver, free_port, open_score_order_tab, sst2_rows, wait_for_column
-from test_review_loop_e2e import FLIP, _accuracy, _choice, _jobs, _label_all
+from backend_process import BackendProcess, stopped_after
+from label_studio_harness import chromium_driver, free_port, open_score_order_tab, wait_for_column
+from test_review_loop_e2e import FLIP, _accuracy, _choice, _label_all, press_train, sst2_project
 
 pytestmark = pytest.mark.slow
 
@@ -51,13 +51,7 @@ def test_trial_e2e(label_studio, shared_dir, tmp_path):
 
 
 def _train(ls, backend, project: int, ml_id: int, n: int) -> tuple[dict, dict, str]:
-    ls.ml.train(id=ml_id)
-    job = wait_for(lambda: len(js := [j for j in _jobs(backend, project, "train") if j["status"] in ("done", "failed")])
-                   >= n and max(js, key=lambda j: j["id"]), 900, f"training job {n}")
-    assert job["status"] == "done", job
-    versions = requests.get(backend.url + "/versions", timeout=5).json()
-    new = versions["versions"][-1]
-    assert new.startswith(f"ft{n:04d}-")
+    job, versions, new = press_train(ls, backend, project, ml_id, n)
     print(f"training {n}: {job['message']}")
     return job, versions, new
 
@@ -101,14 +95,7 @@ def _look_in_the_browser(label_studio, project: int, scores: dict[int, float], d
 
 def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path) -> None:
     ls = label_studio.client
-    config = (REPO / "label_config" / "classify.xml").read_text()
-    rows = sst2_rows(shared_dir, N_TASKS, start=200)
-    project = ls.projects.create(title="icm trial e2e", label_config=config).id
-    ls.projects.import_tasks(id=project, request=[{"text": t} for t, _ in rows])
-    tasks = sorted(ls.tasks.list(project=project, page_size=100), key=lambda t: t.id)
-    gold = {t.id: g for t, (_, g) in zip(tasks, rows)}  # kept outside Label Studio
-    ml = ls.ml.create(url=backend.url, project=project, is_interactive=False, title="icm")
-    base = _serving(backend)
+    project, gold, ml, base = sst2_project(ls, backend, shared_dir, "icm trial e2e", N_TASKS)
 
     first = _label_all(ls, backend, project, base, 0)
     order = sorted(first["preds"], key=lambda t: (first["preds"][t].score, t))
