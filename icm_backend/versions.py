@@ -54,14 +54,10 @@ def versions_root(model_dir: str | Path) -> Path:
     return Path(model_dir) / "versions"
 
 
-def _number(name: str) -> int:
-    m = _NAME.match(name)
-    return int(m.group(1)) if m else -1
-
-
 def version_number(name: str) -> int:
     """NNNN of a version ft<NNNN>-<time>; -1 for anything else (the base model): what "newer" compares."""
-    return _number(name)
+    m = _NAME.match(name)
+    return int(m.group(1)) if m else -1
 
 
 def list_versions(model_dir: str | Path) -> list[VersionInfo]:
@@ -71,7 +67,7 @@ def list_versions(model_dir: str | Path) -> list[VersionInfo]:
     if not root.is_dir():
         return out
     for d in root.iterdir():
-        if not d.is_dir() or d.name.startswith(".") or _number(d.name) < 0:
+        if not d.is_dir() or d.name.startswith(".") or version_number(d.name) < 0:
             continue
         if not (d / "adapter_config.json").exists():
             continue
@@ -97,7 +93,7 @@ def list_versions(model_dir: str | Path) -> list[VersionInfo]:
             metrics["trials"] = trials
         base = (d / "icm_base_model.txt").read_text().strip() if (d / "icm_base_model.txt").exists() else ""
         out.append(VersionInfo(d.name, d, metrics.get("created_at", ""), base, metrics))
-    return sorted(out, key=lambda v: _number(v.name))
+    return sorted(out, key=lambda v: version_number(v.name))
 
 
 def new_version_name(model_dir: str | Path) -> str:
@@ -108,7 +104,7 @@ def new_version_name(model_dir: str | Path) -> str:
     if root.is_dir():
         for d in root.iterdir():
             name = d.name[len(".tmp-"):].rsplit("-", 1)[0] if d.name.startswith(".tmp-") else d.name
-            highest = max(highest, _number(name))
+            highest = max(highest, version_number(name))
     return f"ft{highest + 1:04d}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
 
 
