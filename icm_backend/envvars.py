@@ -6,6 +6,7 @@ from __future__ import annotations
 from icm_backend.errors import InputError
 
 _TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 def env_int(env, name: str, default: int) -> int:
@@ -30,3 +31,14 @@ def env_float(env, name: str, default: float) -> float:
 
 def env_flag(env, name: str) -> bool:
     return str(env.get(name, "")).strip().lower() in _TRUE
+
+
+def env_switch(env, name: str, default: bool) -> bool:
+    """A switch that may be on by default: unset -> `default`; anything but 1/true/yes/on or 0/false/no/off is
+    an error (env_flag reads a typo as "off", which is harmless only for switches that default to off)."""
+    raw = str(env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE + _FALSE:
+        return raw in _TRUE
+    raise InputError(f"{name}={env.get(name)!r}: expected 1/true/on or 0/false/off")

@@ -9,16 +9,8 @@ from pathlib import Path
 from icm_backend.engine.labeler import CLI_METHODS
 from icm_backend.envvars import env_float as _float
 from icm_backend.envvars import env_int as _int
+from icm_backend.envvars import env_switch
 from icm_backend.errors import InputError
-
-
-def _switch(env: dict, name: str, default: bool) -> bool:
-    raw = str(env.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return raw in ("1", "true", "yes", "on")
-    raise InputError(f"{name}={env.get(name)!r}: expected 1/true/on or 0/false/off")
 
 
 def _positive(env: dict, name: str, default: int) -> int:
@@ -116,7 +108,7 @@ class ServerConfig:
             review_threshold=threshold,
             review_by_threshold=env.get("ICM_REVIEW_THRESHOLD") not in (None, ""),
             review_fraction=fraction,
-            trial=_switch(env, "ICM_TRIAL", True),
+            trial=env_switch(env, "ICM_TRIAL", True),
             shard_size=max(1, _int(env, "ICM_JOB_SHARD_SIZE", 128)),
             seed=_int(env, "ICM_SEED", 0),
             max_iters=_int(env, "ICM_MAX_ITERS", 0) or None,
