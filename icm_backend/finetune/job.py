@@ -168,15 +168,10 @@ class TrainJob:
     def _trial(self, project: int, tasks: list[dict], spec) -> str:
         """The reviewers' verdict on the version on trial (finetune.trial), acted on; "" when none is due."""
         from icm_backend.finetune.trial import run_trial
-        from icm_backend.labelstudio.annotations import resolve_task_annotations
+        from icm_backend.labelstudio.annotations import human_labels
 
-        human = {}
-        for t in tasks:
-            if t.get("annotations"):
-                got, _, _ = resolve_task_annotations(t["id"], t["annotations"], spec)
-                if got is not None:
-                    human[int(t["id"])] = got.label
-        verdict = run_trial(self.backend.config.model_dir, project, self._gate_request()["serving_name"], human)
+        verdict = run_trial(self.backend.config.model_dir, project, self._gate_request()["serving_name"],
+                            human_labels(tasks, spec))
         if verdict is None or not verdict.reviewed:
             return ""
         log.info("project %s: version on trial %s", project, verdict.reason)

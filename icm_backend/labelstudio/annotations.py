@@ -80,6 +80,17 @@ def resolve_task_annotations(task_id, annotations: list[dict], spec: ProjectSpec
     return TaskLabel(task_id, latest[0], [a.get("id") for _, a in valid]), skipped, len(counts) > 1
 
 
+def human_labels(tasks: list[dict], spec: ProjectSpec) -> dict[int, str]:
+    """{task id: label word} for the tasks whose annotations give a label (resolve_task_annotations), in order."""
+    out = {}
+    for t in tasks:
+        if t.get("annotations"):
+            got, _, _ = resolve_task_annotations(t["id"], t["annotations"], spec)
+            if got is not None:
+                out[int(t["id"])] = got.label
+    return out
+
+
 def icm_label(predictions: list[dict], spec: ProjectSpec) -> tuple[str, float] | None:
     """The newest non-provisional prediction's label and score (provisional = zero-shot stand-ins)."""
     best = None

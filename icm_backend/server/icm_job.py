@@ -294,7 +294,7 @@ class ICMJob:
     def _human_labels(self, project: int, spec, task_ids: set) -> list[list]:
         """[[task id, label word], ...] from the project's annotations (labelstudio.annotations rules), at most
         HUMAN_MAX, taken in turn from each label; [] when LS cannot be read."""
-        from icm_backend.labelstudio.annotations import resolve_task_annotations
+        from icm_backend.labelstudio.annotations import human_labels
 
         try:
             tasks = self.ls_for(project).tasks_with_labels(project)
@@ -302,12 +302,8 @@ class ICMJob:
             log.warning("project %s: annotations not read (%s); labelling without human labels", project, exc)
             return []
         by_label: dict[str, list[int]] = {}
-        for t in tasks:
-            if t.get("id") not in task_ids or not t.get("annotations"):
-                continue
-            got, _, _ = resolve_task_annotations(t["id"], t["annotations"], spec)
-            if got is not None:
-                by_label.setdefault(got.label, []).append(int(t["id"]))
+        for tid, label in human_labels([t for t in tasks if t.get("id") in task_ids], spec).items():
+            by_label.setdefault(label, []).append(tid)
         out, k = [], 0
         while len(out) < HUMAN_MAX and any(k < len(v) for v in by_label.values()):
             for lab in sorted(by_label):
