@@ -84,13 +84,10 @@ def build(spec: ProjectSpec, rowset: RowSet, preds: list[Prediction], threshold:
 
 
 def _label_result(spec: ProjectSpec, pred: Prediction, conf: float) -> dict:
+    value = _display(spec, pred.label)
     if spec.control_type == "pairwise":
-        is_true = str(pred.label).lower() == "true"
         return {"from_name": spec.from_name, "to_name": spec.to_name, "type": "pairwise",
-                "value": {"selected": "left" if is_true else "right"}, "score": conf}
-    value = pred.label
-    if spec.task == "claims":  # engine speaks True/False; the config may spell them "true"/"FALSE"
-        value = spec.choice_values[0] if str(pred.label).lower() == "true" else spec.choice_values[1]
+                "value": {"selected": value}, "score": conf}
     return {"from_name": spec.from_name, "to_name": spec.to_name, "type": "choices",
             "value": {"choices": [value]}, "score": conf}
 
@@ -136,7 +133,8 @@ def on_trial(spec: ProjectSpec, tp: TaskPrediction, challenger: str, label: str,
 
 
 def _display(spec: ProjectSpec, word: str) -> str:
-    """An engine label word as the project's config spells the choice."""
+    """An engine label word as the project's config spells the choice: pairwise True = "left" (the first response
+    is the better one); claims True/False as the config spells them ("true"/"FALSE"...); classify unchanged."""
     if spec.control_type == "pairwise":
         return "left" if str(word).lower() == "true" else "right"
     if spec.task == "claims":
