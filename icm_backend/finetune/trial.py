@@ -20,9 +20,9 @@ gate kept"). A trial gives such a version the evidence the held-out slice lacks:
    A challenger the reviewers reject at the same level (c > b, P(X >= c) <= alpha) is retired: no
    later ICM job labels with it again.
 
-Measured on the review-loop bench (`bench_loop.py --arms disagree`, SST-2, seed 0): three verdicts
+Measured on the review-loop bench (`bench_loop.py --arms disagree`, SST-2, seeds 0 and 1): five verdicts
 from 6-32 reviewed disagreements, each the same as the kept version's true record on every
-never-reviewed task, where the held-out slices kept all four versions.
+never-reviewed task (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def write_trial(model_dir: str | Path, record: TrialRecord) -> None:
     entries are the evidence the next training reads."""
     old = read_trial(model_dir, record.challenger, record.project)
     if old is not None and old.against == record.against:
-        record.disagreements = {**{t: v for t, v in old.disagreements.items()}, **record.disagreements}
+        record.disagreements = {**old.disagreements, **record.disagreements}
     record.updated_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     path = trial_path(model_dir, record.challenger, record.project)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from icm_backend.server.model_host import LabelledTasks, ModelHost
+from icm_backend.server.model_host import ModelHost
 from icm_backend.jobs.predictions import PredictionStore
 from icm_backend.jobs.projects import ProjectStore
 from icm_backend.jobs.queue import JobContext
@@ -175,8 +175,7 @@ class ICMJob:
             for tid, reason in list(failed.items())[:20]:
                 log.warning("job %d: task %s not labelled: %s", job.id, tid, reason)
             if trial is not None:
-                marked = LabelledTasks(self._mark_trial(spec, preds, trial, state))
-                marked.assessment, preds = getattr(preds, "assessment", None), marked
+                self._mark_trial(spec, preds, trial, state)
             items = {tid: p.to_ls(version) for tid, p in preds.items()}
             self.predictions.put_predictions(project, version, items, job_id=job.id)
             if ls is not None:
@@ -261,23 +260,19 @@ class ICMJob:
         log.info("job %d: version on trial %s labelled %d tasks", ctx.job.id, name, len(t["labels"]))
         return {int(tid): (lab, float(c)) for tid, (lab, c) in t["labels"].items()}
 
-    def _mark_trial(self, spec, preds: dict, trial: dict, state: dict) -> dict:
-        """Flag (and re-score) the tasks where the version on trial disagrees; note them in the job state
-        (saved with the shard: a shard redone after a crash is counted once)."""
+    def _mark_trial(self, spec, preds: dict, trial: dict, state: dict) -> None:
+        """Flag (and re-score) in `preds` the tasks where the version on trial disagrees; note them in the job
+        state (saved with the shard: a shard redone after a crash is counted once)."""
         from icm_backend.labelstudio.results import on_trial
 
-        t, out = state["trial"], {}
+        t = state["trial"]
         for tid, p in preds.items():
             if tid in trial and p.result and p.label is not None:
                 word, conf = trial[tid]
-                q = on_trial(spec, p, t["challenger"], word, conf)
+                preds[tid] = on_trial(spec, p, t["challenger"], word, conf)
                 t["compared"] = t.get("compared", 0) + 1
-                if q is not p:
+                if preds[tid] is not p:
                     t.setdefault("disagreements", {})[str(tid)] = [word, p.label]
-                out[tid] = q
-            else:
-                out[tid] = p
-        return out
 
     def _record_trial(self, job, state: dict) -> str:
         """Write the trial record (finetune.trial) for the next training to read; the job message's note."""
