@@ -79,7 +79,10 @@ def _look_in_the_browser(label_studio, project: int, scores: dict[int, float], d
         first = next(int(t) for t, _ in shown if int(t) in disagree)
         driver.set_window_size(1400, 1000)
         driver.get(f"{label_studio.url}/projects/{project}/data?task={first}")
-        body = wait.until(lambda d: (b := d.find_element(By.TAG_NAME, "body").text) and "needs review" in b and b)
+        # the labelling view's review block (the Data Manager grid shown before it also holds "needs review")
+        header = "Review (set by the ICM backend)"
+        body = wait.until(lambda d: (b := d.find_element(By.TAG_NAME, "body").text.partition(header)[2])
+                          and "on trial" in b and b)
         driver.save_screenshot(str(shot))
     finally:
         driver.quit()
