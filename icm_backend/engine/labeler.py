@@ -31,12 +31,12 @@ DEFAULT_REVIEW_THRESHOLD = None  # no threshold: flag by the review budget (DEFA
 DEFAULT_REVIEW_FRACTION = 0.2
 
 
-def make_scorer(model, label_words: list[str], quantize: str = "auto"):
+def make_scorer(model, label_words: list[str], quantize: str = "auto", dtype: str = "auto"):
     """A scorer for `model`: a name/path, a LoadedLM, or an object that already is a scorer."""
     if hasattr(model, "score") and hasattr(model, "set_labels"):
         model.set_labels(label_words)
         return model
-    lm = model if isinstance(model, LoadedLM) else load_lm(model, quantize=quantize)
+    lm = model if isinstance(model, LoadedLM) else load_lm(model, quantize=quantize, dtype=dtype)
     return TransformersScorer(lm, label_words)
 
 
@@ -44,7 +44,7 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
                model=None, seed: int = 0, checkpoint: str | Path | None = None,
                progress: Callable[[int, int, str], None] | None = None, config: SearchConfig | None = None,
                gold: list | None = None, review_threshold: float | None = DEFAULT_REVIEW_THRESHOLD,
-               quantize: str = "auto", fixed: dict | None = None,
+               quantize: str = "auto", dtype: str = "auto", fixed: dict | None = None,
                review_fraction: float | None = DEFAULT_REVIEW_FRACTION,
                review: ReviewConfig | None = None) -> Labelling:
     """Label `rows` without human labels; one Prediction per row, in input order.
@@ -80,9 +80,9 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
     if method not in METHODS:
         raise InputError(f"--method {method}: choose one of {', '.join(CLI_METHODS)}")
     problem = build_problem(rows, task, labels)
-    scorer = make_scorer(model, problem.label_words, quantize)
+    scorer = make_scorer(model, problem.label_words, quantize, dtype)
     config = config or SearchConfig()
-    window = getattr(getattr(scorer, "lm", None), "context_window", None)
+    window = getattr(scorer, "context_window", None)
     log.info("labelling %d rows: task=%s method=%s labels=%s model=%s seed=%d", len(rows), task, method,
              ",".join(problem.label_words), scorer.model_id, seed)
     if review is None:

@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from icm_backend.errors import InputError
+from icm_backend.engine.tokens import encode, label_token_ids, with_bos
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class RemoteScorer:
         self.stats = RemoteStats()
         self._stats_lock = threading.Lock()
         self.tok = _load_tokenizer(tokenizer or model)
-        self.context_window: int | None = None
+        self._context_window: int | None = None
         self.served_models: list[str] = []
         # Called as on_wait(message) before each retry: a job shows it as progress and may raise to stop
         # waiting (cancel, a request's time budget).
@@ -200,9 +201,16 @@ class RemoteScorer:
             raise ModelServerError(f"model server {self.base_url} serves {', '.join(self.served_models) or 'no model'}"
                                    f", not {self.model!r}: pass that name as --model / ICM_MODEL")
         if isinstance(entry.get("max_model_len"), int):
-            self.context_window = entry["max_model_len"]
+            self._context_window = entry["max_model_len"]
         self._check_tokenizer()
         self._shared["checked"] = True
+
+    @property
+    def context_window(self) -> int | None:
+        """The served model's max_model_len (None where the server does not say); asks the server once."""
+        if not self._shared["checked"]:
+            self.check_server()
+        return self._context_window
 
     def _check_tokenizer(self) -> None:
         ours = self.tok.encode(PROBE, add_special_tokens=False)
@@ -232,11 +240,10 @@ class RemoteScorer:
 
     # -- label words ------------------------------------------------------------------------------
     def set_labels(self, label_words: list[str]) -> None:
-        from icm_backend.engine.scorer import TransformersScorer
-
-        TransformersScorer.set_labels(self, label_words)  # the local rule, verbatim: first tokens, distinct
+        self.label_ids = label_token_ids(self.tok, label_words)  # the local scorer's rule
+        self.label_words = list(label_words)
         self.label_decoded = [self.tok.decode([i]) for i in self.label_ids]
-        single = all(len(self.tok.encode(" " + w, add_special_tokens=False)) == 1 for w in label_words)
+        single = all(len(encode(self.tok, " " + w)) == 1 for w in label_words)
         mode = self.requested_mode
         if mode == "auto":
             mode = "top-k" if single else "prompt-logprobs"
@@ -248,16 +255,12 @@ class RemoteScorer:
         self.mode = mode
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tok.encode(text, add_special_tokens=False))
+        return len(encode(self.tok, text))
 
     # -- scoring ----------------------------------------------------------------------------------
     def encode(self, prefix: str, target: str) -> list[int]:
         """The token ids TransformersScorer feeds for (prefix, target): [BOS] + prefix + target."""
-        bos = self.tok.bos_token_id
-        ids = [bos] if bos is not None else []
-        if prefix:
-            ids += self.tok.encode(prefix, add_special_tokens=False)
-        return ids + self.tok.encode(target, add_special_tokens=False)
+        return with_bos(self.tok, (encode(self.tok, prefix) if prefix else []) + encode(self.tok, target))
 
     def score(self, prefix: str, targets: list[str]) -> np.ndarray:
         if not targets:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from icm_backend.errors import InputError
+from icm_backend.engine.tokens import encode, label_logits, label_token_ids, logit_softcap, with_bos
 
 log = logging.getLogger(__name__)
 
@@ -172,25 +173,13 @@ class LabelTokenTrainer:
 
         self.model, self.tok, self.cfg, self.device = model, tokenizer, cfg, device
         self.label_words = list(label_words)
-        ids = []
-        for w in label_words:  # the scorer reads each label at its first token after a space
-            t = tokenizer.encode(" " + w, add_special_tokens=False)
-            if not t:
-                raise InputError(f"--labels: label {w!r} tokenizes to nothing")
-            ids.append(t[0])
-        if len(set(ids)) != len(ids):
-            raise InputError(f"--labels: {label_words} share a first token for this model; use distinct words")
-        self.label_ids = torch.tensor(ids, device=device)
+        self.label_ids = torch.tensor(label_token_ids(tokenizer, label_words), device=device)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.backbone, self.lm_head = base.model, base.lm_head
-        cfg_m = base.config
-        self.softcap = getattr(cfg_m, "final_logit_softcapping", None) or getattr(
-            getattr(cfg_m, "text_config", None), "final_logit_softcapping", None)
+        self.softcap = logit_softcap(base.config)
 
     def encode(self, prompt: str) -> list[int]:
-        ids = self.tok.encode(prompt, add_special_tokens=False)[-(self.cfg.max_length - 1):]
-        bos = self.tok.bos_token_id
-        return ([bos] if bos is not None else []) + ids
+        return with_bos(self.tok, encode(self.tok, prompt)[-(self.cfg.max_length - 1):])
 
     def label_logits(self, batch: list[list[int]]):
         """Logits at the last prompt position of each row: [n, vocab] ("full") or [n, labels]."""
@@ -203,14 +192,8 @@ class LabelTokenTrainer:
         hidden = self.backbone(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         last = hidden[torch.arange(len(batch), device=self.device), torch.tensor([len(b) - 1 for b in batch], device=self.device)]
         if self.cfg.loss == "restricted":
-            # Only the label rows of lm_head: a [n, hidden] x [hidden, labels] product.
-            w = self.lm_head.weight[self.label_ids]
-            logits = last.to(w.dtype) @ w.T
-            if getattr(self.lm_head, "bias", None) is not None:
-                logits = logits + self.lm_head.bias[self.label_ids]
-        else:
-            logits = self.lm_head(last)
-        logits = logits.float()
+            return label_logits(last, self.lm_head, self.label_ids, self.softcap)
+        logits = self.lm_head(last).float()
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
