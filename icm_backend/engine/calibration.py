@@ -229,6 +229,27 @@ def _bias_to_share(logp: np.ndarray, target: np.ndarray, iters: int = 50) -> np.
 
 
 # -- the whole step ---------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """What `fit` decided from one labelling's scores, to apply to further rows of the same project the
+    same way (`apply`): a big project fits on its core and first chunk, then labels each later chunk with
+    these numbers, so a chunk's labels do not depend on which chunks came before it."""
+
+    temperature: float
+    bias: list[float] | None  # the drift guard's per-label log-bias (added after dividing by T)
+    shrink: float | None  # confidences shrunk towards 1/K by this factor (consistency made them claim too much)
+    low_below: float | None  # confidence at or under this is flagged for review (None: no budget)
+    why_low: str
+    reasons: list[str]  # why the labelling is unreliable; empty when it is not
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Calibration":
+        return cls(**data)
+
+
 def assess(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray | None, fixed: dict[int, int],
            review: ReviewConfig, use_consistency: bool) -> tuple[list[Prediction], Assessment]:
     """Scores of one labelling -> calibrated Predictions (input order) and the project-level Assessment.
@@ -237,6 +258,49 @@ def assess(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray
     zero_shot: rows without context (the independent view for the unsupervised temperature), or None.
     use_consistency: decide labels under the consistency rules (ICM, bootstrap) or per row (baselines).
     """
+    preds, report, _ = fit(problem, score_rows, zero_shot, fixed, review, use_consistency)
+    return preds, report
+
+
+def _decide(problem: Problem, cons: Consistency, logp: np.ndarray, t: float, bias, fixed: dict[int, int],
+            use_consistency: bool) -> tuple[np.ndarray, np.ndarray]:
+    z = logp / t + (0 if bias is None else np.asarray(bias))
+    p = softmax_t(z, 1.0)
+    if use_consistency and problem.constraint != "none":
+        p = constrained_marginals(cons, p, fixed)
+    return p.argmax(1), p
+
+
+def _predictions(problem: Problem, cons: Consistency, labels: np.ndarray, conf: np.ndarray, fixed: dict[int, int],
+                 low: set[int], why: str, reasons: list[str]) -> list[Prediction]:
+    words = problem.label_words
+    conflicts: dict[int, list[int]] = {}
+    for i, j in cons.violations(labels):
+        conflicts.setdefault(i, []).append(j)
+        conflicts.setdefault(j, []).append(i)
+    unreliable_reason = "; ".join(reasons)
+    preds = []
+    for i in range(len(problem.examples)):
+        if i in fixed:
+            preds.append(Prediction(index=i, label=words[fixed[i]], confidence=1.0, fixed=True))
+            continue
+        flags = []
+        if i in conflicts:
+            others = sorted(conflicts[i])
+            flags.append(Flag(INCONSISTENT, tuple(others), "; ".join(cons.describe(i, j) for j in others),
+                              tuple(cons.relation(i, j) for j in others)))
+        if i in low:
+            flags.append(Flag(LOW_CONFIDENCE, (), f"confidence {conf[i]:.2f} is {why}"))
+        if reasons:
+            flags.append(Flag(UNRELIABLE, (), "labelling unreliable: " + unreliable_reason))
+        preds.append(Prediction(index=i, label=words[int(labels[i])], confidence=round(float(conf[i]), 6),
+                                flags=flags))
+    return preds
+
+
+def fit(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray | None, fixed: dict[int, int],
+        review: ReviewConfig, use_consistency: bool) -> tuple[list[Prediction], Assessment, Calibration]:
+    """`assess`, also returning the Calibration it decided (for `apply` to further rows)."""
     words = problem.label_words
     n, k = len(problem.examples), len(words)
     cons = Consistency(problem)
@@ -246,11 +310,7 @@ def assess(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray
     reasons: list[str] = []
 
     def decide(t: float, bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        z = logp / t + (0 if bias is None else bias)
-        p = softmax_t(z, 1.0)
-        if use_consistency and problem.constraint != "none":
-            p = constrained_marginals(cons, p, fixed)
-        return p.argmax(1), p
+        return _decide(problem, cons, logp, t, bias, fixed, use_consistency)
 
     labels0, _ = decide(1.0)
     kappa = None
@@ -300,10 +360,11 @@ def assess(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray
     marginal = softmax_t(logp[free], t).mean(axis=0) if free.any() else np.full(k, 1.0 / k)
     share = np.bincount(labels[free], minlength=k) / max(int(free.sum()), 1)
     drift = float(np.abs(share - marginal).max())
-    corrected = False
+    corrected, bias = False, None
     if drift > review.drift_tolerance and free.any():
         if review.drift_guard and not reasons and (problem.constraint == "none" or not use_consistency):
-            labels, probs = decide(t, _bias_to_share(logp[free] / t, marginal))
+            bias = _bias_to_share(logp[free] / t, marginal)
+            labels, probs = decide(t, bias)
             corrected = True
         elif problem.constraint != "none" or reasons:
             reasons.append(f"label share {dict(zip(words, np.round(share, 2).tolist()))} departs from the "
@@ -312,53 +373,53 @@ def assess(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray
     share_after = np.bincount(labels[free], minlength=k) / max(int(free.sum()), 1)
 
     conf = probs[np.arange(n), labels]
+    shrink = None
     if not fit_on_fixed and est_acc is not None and free.any() and conf[free].mean() > est_acc:
         # Consistency rules can make a label likely on their own (at most one True among a question's
         # different answers favours False whatever the model says): the confidence may not claim more than
         # the labelling's estimated accuracy. Shrink towards 1/K so the mean matches it; order is kept.
-        s_ = (est_acc - 1.0 / k) / max(conf[free].mean() - 1.0 / k, 1e-9)
-        conf = np.where(free, 1.0 / k + (conf - 1.0 / k) * max(s_, 0.0), conf)
-    reliable = not reasons
+        shrink = max((est_acc - 1.0 / k) / max(conf[free].mean() - 1.0 / k, 1e-9), 0.0)
+        conf = np.where(free, 1.0 / k + (conf - 1.0 / k) * shrink, conf)
 
-    # Flags.
-    conflicts: dict[int, list[int]] = {}
-    for i, j in cons.violations(labels):
-        conflicts.setdefault(i, []).append(j)
-        conflicts.setdefault(j, []).append(i)
+    # Review queue: by threshold, or the budget's share of the free rows, least confident first; the
+    # budget becomes the confidence cut-off that `apply` uses on later rows.
     low: set[int] = set()
+    low_below, why = None, ""
     free_idx = np.flatnonzero(free)
     if review.threshold is not None:
         low = {int(i) for i in free_idx if conf[i] < review.threshold}
-        why = f"below the review threshold {review.threshold:.2f}"
+        low_below, why = review.threshold - 1e-12, f"below the review threshold {review.threshold:.2f}"
     elif review.fraction:
         budget = int(math.ceil(review.fraction * len(free_idx)))
         order = free_idx[np.argsort(conf[free_idx], kind="stable")]
         low = {int(i) for i in order[:budget]}
+        low_below = float(conf[order[budget - 1]]) if budget else None
         why = f"among the {review.fraction:.0%} least confident (the review budget)"
-    unreliable_reason = "; ".join(reasons)
-    preds = []
-    for i in range(n):
-        if i in fixed:
-            preds.append(Prediction(index=i, label=words[fixed[i]], confidence=1.0, fixed=True))
-            continue
-        flags = []
-        if i in conflicts:
-            others = sorted(conflicts[i])
-            flags.append(Flag(INCONSISTENT, tuple(others), "; ".join(cons.describe(i, j) for j in others),
-                              tuple(cons.relation(i, j) for j in others)))
-        if i in low:
-            flags.append(Flag(LOW_CONFIDENCE, (), f"confidence {conf[i]:.2f} is {why}"))
-        if not reliable:
-            flags.append(Flag(UNRELIABLE, (), "labelling unreliable: " + unreliable_reason))
-        preds.append(Prediction(index=i, label=words[int(labels[i])], confidence=round(float(conf[i]), 6),
-                                flags=flags))
+    preds = _predictions(problem, cons, labels, conf, fixed, low, why, reasons)
     report = Assessment(
         n=n, n_fixed=len(fixed_rows), temperature=round(float(t), 4), calibrated_on=source,
         estimated_accuracy=None if est_acc is None else round(est_acc, 4),
         kappa_zero_shot=None if kappa is None else round(kappa, 4),
         label_share={w: round(float(s), 4) for w, s in zip(words, share_after)},
         marginal={w: round(float(m), 4) for w, m in zip(words, marginal)},
-        drift=round(drift, 4), drift_corrected=corrected, reliable=reliable, reasons=reasons,
+        drift=round(drift, 4), drift_corrected=corrected, reliable=not reasons, reasons=reasons,
         flagged=sum(1 for p in preds if p.flags),
         mean_confidence=round(float(conf[free].mean()), 4) if free.any() else 1.0)
-    return preds, report
+    calibration = Calibration(float(t), None if bias is None else [float(b) for b in bias], shrink, low_below, why,
+                              list(reasons))
+    return preds, report, calibration
+
+
+def apply(calibration: Calibration, problem: Problem, score_rows: list[np.ndarray],
+          use_consistency: bool) -> list[Prediction]:
+    """Predictions for rows that were not in the fit, decided exactly as `fit` decided its own rows: the
+    same temperature, drift bias, confidence shrink, review cut-off and reliability verdict."""
+    c = calibration
+    k = len(problem.label_words)
+    cons = Consistency(problem)
+    labels, probs = _decide(problem, cons, ensemble(score_rows), c.temperature, c.bias, {}, use_consistency)
+    conf = probs[np.arange(len(labels)), labels]
+    if c.shrink is not None:
+        conf = 1.0 / k + (conf - 1.0 / k) * c.shrink
+    low = set() if c.low_below is None else {int(i) for i in np.flatnonzero(conf <= c.low_below)}
+    return _predictions(problem, cons, labels, conf, {}, low, c.why_low, c.reasons)

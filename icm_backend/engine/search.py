@@ -42,6 +42,10 @@ class SearchConfig:
     context_tokens: int = 384  # token budget of the shared in-context prefix
     fold_size: int = 64
     checkpoint_every_s: float = 20.0
+    # A project with more free rows than this: ICM on a random core of this size, one pass for the rest
+    # (engine.core). 0 or None: the search runs on every row.
+    core_size: int | None = 256
+    chunk_size: int = 512  # rows per one-pass chunk (what a job writes back at a time)
 
 
 @dataclass
@@ -67,7 +71,8 @@ def run_fingerprint(problem: Problem, scorer_id: str, method: str, seed: int, co
                     fixed: dict[int, int] | None = None) -> str:
     h = hashlib.sha256()
     # Budgets and checkpoint cadence may change between a crash and the resume; nothing else may.
-    settings = {k: v for k, v in asdict(config).items() if k not in ("max_iters", "patience", "checkpoint_every_s")}
+    settings = {k: v for k, v in asdict(config).items()
+                if k not in ("max_iters", "patience", "checkpoint_every_s", "core_size", "chunk_size")}
     h.update(json.dumps([problem.task, problem.label_words, method, seed, scorer_id, settings]).encode())
     if fixed:  # human labels are part of the run: other labels, other search
         h.update(json.dumps(sorted(fixed.items())).encode())

@@ -1,0 +1,152 @@
+"""ICM on a core, one pass for the rest: what makes a project of any size cost the same per task.
+
+The search (Algorithm 1) rescoring labels in context costs super-linearly in the number of examples, and a
+whole-set search over 10,000 tasks takes days on a CPU. But once a random core of the project has coherent
+labels, every other task needs only to be read once in the context of the core's labelled examples:
+
+    core C  = random consistency groups, drawn with the seed, until |C| >= core_size (human-labelled rows and
+              their groups always belong to it: they are D's fixed members and lead its contexts);
+    D_C     = ICM(C)                                   (the search, checkpointed, exactly as a small project)
+    for each context order o in (the search's final order, `resamples` fresh random orders of D_C):
+        prefix_o = the labelled blocks of C in order o, up to the context budget   (one string, one KV cache)
+        s_o(x)   = log P(y | prefix_o, x), normalised over the labels, for every x outside C
+    label(x), confidence(x) = calibration.apply(fit, ensemble_o s_o(x))
+
+`fit` is calibration.fit on C plus the first chunk of the rest (a random sample of it, scored exactly as
+every later chunk): temperature, drift bias, review cut-off and the reliability verdict come from there,
+and every later chunk is decided with the same numbers, so a chunk's labels depend on nothing but its own
+rows (a crash, a resume or another chunking gives the same labels). Multi-class rows are PMI-calibrated by
+the label marginal of each context, estimated on that first chunk for the same reason. Consistency groups
+never straddle two chunks, and a group outside C gets its most likely consistent joint labelling.
+
+Cost: the core's search (fixed, whatever the project's size) plus, per task, (1 + resamples) forward
+passes of its own tokens over a cached prefix and one zero-shot pass (the independent view the unsupervised
+temperature is fitted from): flat per task as projects grow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from icm_backend.engine.context import SEP
+from icm_backend.errors import InputError
+from icm_backend.engine.tasks import Problem
+
+log = logging.getLogger(__name__)
+
+
+def groups_of(problem: Problem, rows: list[int] | None = None) -> list[list[int]]:
+    """Consistency groups (rows tied by a group id or a comparison partner), in first-seen order."""
+    rows = range(len(problem.examples)) if rows is None else rows
+    by_key: dict[str, list[int]] = {}
+    for i in rows:
+        ex = problem.examples[i]
+        by_key.setdefault(ex.group if ex.group is not None else f"#{ex.index}", []).append(int(i))
+    return list(by_key.values())
+
+
+def draw_core(problem: Problem, fixed: set[int], size: int, seed: int) -> list[int]:
+    """Row indices of the core: every fixed row's group, then random whole groups until `size` free rows."""
+    groups = groups_of(problem)
+    rng = np.random.default_rng([seed, 7411])
+    core: list[int] = []
+    free = 0
+    rest = []
+    for g in groups:
+        if any(i in fixed for i in g):
+            core += g
+            free += sum(i not in fixed for i in g)
+        else:
+            rest.append(g)
+    for k in rng.permutation(len(rest)):
+        if free >= size:
+            break
+        core += rest[k]
+        free += len(rest[k])
+    return sorted(core)
+
+
+def chunk_rest(problem: Problem, rest: list[int], chunk_size: int, seed: int) -> list[list[int]]:
+    """The rows outside the core in chunks of about `chunk_size`, whole groups, in a random order (drawn
+    with the seed): the first chunk is a random sample of the rest, which the calibration is fitted on."""
+    groups = groups_of(problem, rest)
+    rng = np.random.default_rng([seed, 2029])
+    chunks, cur = [], []
+    for k in rng.permutation(len(groups)):
+        if cur and len(cur) + len(groups[k]) > chunk_size:
+            chunks.append(sorted(cur))
+            cur = []
+        cur += groups[k]
+    if cur:
+        chunks.append(sorted(cur))
+    return chunks
+
+
+def core_prefix(problem: Problem, order: list[int], labels: dict[int, int], block_tokens: dict[int, int],
+                budget: int) -> str:
+    """The labelled core blocks in `order`, as many as fit `budget` tokens (the search's context rule)."""
+    out, used = [], 0
+    for j in order:
+        if j not in labels:
+            continue
+        if used + block_tokens[j] > budget:
+            break
+        out.append(f"{problem.examples[j].prompt} {problem.label_words[labels[j]]}{SEP}")
+        used += block_tokens[j]
+    return "".join(out)
+
+
+def pmi(rows: np.ndarray, marginal: np.ndarray) -> np.ndarray:
+    """log P(y | x, ctx) - log marginal(y | ctx), renormalised (objective.calibrate_rows with the marginal
+    given instead of taken over the rows scored together)."""
+    out = rows - np.log(np.asarray(marginal) + 1e-12)
+    return out - np.log(np.exp(out).sum(axis=1, keepdims=True))
+
+
+@dataclass
+class CoreState:
+    """The one-pass phase's progress, saved beside the search's checkpoint (`<checkpoint>.core.json`)."""
+
+    fingerprint: str
+    calibration: dict | None = None  # calibration.Calibration.to_json, once fitted
+    marginals: list[list[float]] | None = None  # per context (and the zero-shot view, last) for PMI
+    done_chunks: list[int] = field(default_factory=list)  # chunks handed to on_chunk and so kept by the caller
+    assessment: dict | None = None
+
+    @classmethod
+    def load(cls, path: Path | None, fingerprint: str) -> "CoreState":
+        if path is None or not path.exists():
+            return cls(fingerprint)
+        try:
+            data = json.loads(path.read_text())
+            state = cls(**data)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise InputError(f"checkpoint {path}: unreadable ({exc}); delete it to start over") from None
+        return state if state.fingerprint == fingerprint else cls(fingerprint)
+
+    def save(self, path: Path | None) -> None:
+        if path is None:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, path)
+
+
+def one_pass_scores(problem: Problem, scorer, prefixes: list[str], targets: list[int],
+                    batch: int = 512) -> list[np.ndarray]:
+    """Raw normalised label log-prob rows of `targets`, one array per prefix: each target read once after
+    the prefix (one shared prefix per call, so the KV cache or the server's prefix cache serves all)."""
+    out = []
+    for prefix in prefixes:
+        rows = np.zeros((len(targets), len(problem.label_words)))
+        for s in range(0, len(targets), batch):
+            part = targets[s:s + batch]
+            rows[s:s + len(part)] = scorer.score(prefix, [problem.examples[i].prompt for i in part])
+        out.append(rows)
+    return out

@@ -1,0 +1,126 @@
+"""ICM on a core, one pass for the rest (engine.core, label_rows' big-project path), on fake models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from icm_backend.engine.calibration import ensemble, softmax_t
+from icm_backend.engine.core import chunk_rest, draw_core, groups_of
+from icm_backend.engine.labeler import label_rows
+from icm_backend.engine.search import SearchConfig
+from icm_backend.engine.tasks import build_problem
+
+
+class ContextReader:
+    """Prefers the class its target's text names, and leans towards the labels its context holds: a
+    row's score depends on the prefix, so a wrong context would show in the labels."""
+
+    model_id = "context-reader@0"
+
+    def __init__(self):
+        self.calls: list[tuple[str, list[str]]] = []
+        self.set_labels(["True", "False"])
+
+    def set_labels(self, words):
+        self.label_words = list(words)
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def row(self, prefix: str, target: str) -> np.ndarray:
+        words = target.split()
+        logits = np.array([1.2 * ("yes" in words) + 0.2 * ("maybe" in words),
+                           1.2 * ("no" in words) + 0.1 * ("maybe" in words)], dtype=float)
+        logits += 0.05 * np.array([prefix.count(" True\n"), prefix.count(" False\n")])
+        return logits - np.log(np.exp(logits).sum())
+
+    def score(self, prefix, targets):
+        self.calls.append((prefix, list(targets)))
+        return np.array([self.row(prefix, t) for t in targets]).reshape(len(targets), 2)
+
+
+def _rows(n: int, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    cue = rng.choice(["yes", "no", "maybe"], size=n, p=[0.45, 0.45, 0.1])
+    return [{"question": f"is item {i} fine?", "choice": f"item {i} says {c}"} for i, c in enumerate(cue)]
+
+
+CFG = dict(max_iters=60, core_size=24, chunk_size=16, context_tokens=120)
+
+
+def test_one_pass_labels_equal_each_row_scored_in_the_cores_context(tmp_path):
+    rows = _rows(90)
+    model = ContextReader()
+    preds = label_rows(rows, task="claims", model=model, seed=3, config=SearchConfig(**CFG))
+    assert [p.index for p in preds] == list(range(90))
+    problem = build_problem(rows, "claims")
+    core = set(draw_core(problem, set(), CFG["core_size"], 3))
+    assert len(core) == 24
+    # The prefixes the one-pass phase used: the non-empty prefixes scored together with non-core targets.
+    prompts = {ex.prompt: ex.index for ex in problem.examples}
+    prefixes = []
+    for prefix, targets in model.calls:
+        if prefix and any(prompts.get(t) not in core for t in targets if t in prompts) and prefix not in prefixes:
+            prefixes.append(prefix)
+    assert len(prefixes) == 3  # the search's final context and 2 resamples (ReviewConfig.resamples)
+    t = preds.assessment.temperature
+    for i in sorted(set(range(90)) - core):
+        direct = ensemble([model.row(p, problem.examples[i].prompt)[None, :] for p in prefixes])
+        probs = softmax_t(direct, t)[0]
+        y = int(probs.argmax())
+        assert preds[i].label == problem.label_words[y], i
+        assert preds[i].confidence == pytest.approx(probs[y], abs=1e-5), i
+
+
+def test_chunks_do_not_change_labels_and_a_resume_skips_what_was_handed_over(tmp_path):
+    rows = _rows(80, seed=1)
+    a = label_rows(rows, task="claims", model=ContextReader(), seed=0, config=SearchConfig(**CFG))
+    got: list[list] = []
+    ckpt = tmp_path / "run.ckpt.json"
+
+    class Crash(Exception):
+        pass
+
+    def take(chunk):
+        got.append(chunk)
+        if len(got) == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        label_rows(rows, task="claims", model=ContextReader(), seed=0, config=SearchConfig(**CFG),
+                   checkpoint=ckpt, on_chunk=take)
+    first = {p.index for p in got[0]}
+    resumed: list[list] = []
+    b = label_rows(rows, task="claims", model=ContextReader(), seed=0, config=SearchConfig(**CFG),
+                   checkpoint=ckpt, on_chunk=resumed.append)
+    # chunk 0 (core + first chunk) was handed over before the crash: not again; the crashed chunk is redone
+    assert not first & {p.index for c in resumed for p in c}
+    every = [p for c in [got[0]] + resumed for p in c]
+    assert sorted(p.index for p in every) == list(range(80))
+    assert {p.index: (p.label, p.confidence) for p in every} == {p.index: (p.label, p.confidence) for p in a}
+    assert len(b) == 80 - len(first)
+
+
+def test_core_keeps_groups_whole_and_human_labels_in_it():
+    rows = [{"question": f"q{i // 3}", "choice": f"answer {i} yes", "consistency_id": f"g{i // 3}"}
+            for i in range(60)]
+    problem = build_problem(rows, "claims")
+    core = draw_core(problem, {40}, 12, seed=0)
+    assert {39, 40, 41} <= set(core)
+    for g in groups_of(problem):
+        assert set(g) <= set(core) or not set(g) & set(core)
+    rest = [i for i in range(60) if i not in set(core)]
+    chunks = chunk_rest(problem, rest, 7, seed=0)
+    assert sorted(i for c in chunks for i in c) == rest
+    for g in groups_of(problem):
+        assert sum(bool(set(g) & set(c)) for c in chunks) <= 1
+
+
+def test_small_project_runs_the_search_on_every_row():
+    rows = _rows(20)
+    model = ContextReader()
+    chunks = []
+    preds = label_rows(rows, task="claims", model=model, seed=0, config=SearchConfig(**CFG), on_chunk=chunks.append)
+    assert len(chunks) == 1 and len(chunks[0]) == 20 and len(preds) == 20
+    assert "fitted on" not in preds.assessment.calibrated_on
