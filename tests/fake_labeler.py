@@ -16,14 +16,15 @@ CALLS: list[dict] = []
 
 
 def fake_label_rows(rows, *, task, labels=None, method="icm", model=None, seed=0, checkpoint=None, progress=None,
-                    **_settings):
+                    config=None, on_chunk=None, **_settings):
     CALLS.append({"n": len(rows), "task": task, "method": method, "checkpoint": checkpoint})
     words = list(labels) if labels else ["True", "False"]
     delay = float(os.environ.get("FAKE_LABELER_DELAY", "0"))
     done = {}
     if checkpoint and Path(checkpoint).exists():
         done = {int(k): v for k, v in json.loads(Path(checkpoint).read_text()).items()}
-    preds = []
+    preds, pending = [], []
+    size = getattr(config, "chunk_size", None) or len(rows)
     for i, row in enumerate(rows):
         if i not in done:
             if delay:
@@ -39,4 +40,8 @@ def fake_label_rows(rows, *, task, labels=None, method="icm", model=None, seed=0
         if len(rows) > 1 and i in (0, 1):  # rows 0 and 1 conflict, always
             flags.append(Flag(INCONSISTENT, (1 - i,), "rows disagree"))
         preds.append(Prediction(index=i, label=label, confidence=conf, flags=flags))
+        pending.append(preds[-1])
+        if on_chunk is not None and (len(pending) == size or i == len(rows) - 1):
+            on_chunk(pending)  # as label_rows hands a big project's chunks over
+            pending = []
     return preds

@@ -1,4 +1,4 @@
-"""The whole-project ICM job reads the project's annotations as fixed labels (issue 11): every shard gets
+"""The whole-project ICM job reads the project's annotations as fixed labels (issue 11): the labelling gets
 them as fixed members of D (in context, never relabelled), their tasks get no prediction, and a cancelled
 or unusable annotation does not count."""
 
@@ -22,7 +22,7 @@ def ann(aid, choice, **kw):
                                    "value": {"choices": [choice]}}], "was_cancelled": False, **kw}
 
 
-def test_annotations_are_fixed_rows_in_every_shard_and_get_no_prediction(make):
+def test_annotations_are_fixed_rows_and_get_no_prediction(make):
     calls = []
 
     def spy(rows, **kw):
@@ -33,15 +33,16 @@ def test_annotations_are_fixed_rows_in_every_shard_and_get_no_prediction(make):
                    4: [{**ann(14, "Positive"), "was_cancelled": True}],  # skipped: not a label
                    5: [ann(15, "Maybe")]}  # outside the label set: not a label
     ls = LabelledLS(range(1, 41), annotations)
-    app, backend = make(ls, labeler=spy, shard_size=20)
-    job = run_job(backend, carry_max=0)
+    app, backend = make(ls, labeler=spy, chunk_size=20)
+    job = run_job(backend)
     assert job.status == "done", job.error
     assert sorted(job.state["human"]) == [[1, "Positive"], [2, "Negative"], [3, "Negative"]]
     assert "3 human labels fixed in context" in job.message
     humans = {ls.tasks[t]["data"]["text"]: lab for t, lab in ((1, "Positive"), (2, "Negative"), (3, "Negative"))}
+    assert len(calls) == 1  # one labelling of the whole project
     for n, fixed, texts in calls:
         got = {texts[i]: lab for i, lab in fixed.items()}
-        assert got == humans  # every shard: the three human labels, as fixed rows, nothing else
+        assert got == humans  # the three human labels, as fixed rows, nothing else
     assert sorted({p["task"] for p in ls.preds}) == list(range(4, 41))  # annotated tasks are not relabelled
 
 
@@ -58,13 +59,13 @@ def test_an_unreliable_labelling_is_said_in_the_job_status(make):
         return out
 
     ls = FakeLS(range(1, 21))
-    app, backend = make(ls, labeler=unsure, shard_size=10)
+    app, backend = make(ls, labeler=unsure, chunk_size=10)
     job = run_job(backend)
     assert job.status == "done", job.error
-    assert "UNRELIABLE labelling (2 of 2 shard(s)): estimated accuracy 0.52 is under 0.70" in job.message
-    assert job.state["assessment"]["0"]["reliable"] is False
+    assert "UNRELIABLE labelling: estimated accuracy 0.52 is under 0.70" in job.message
+    assert job.state["assessment"]["reliable"] is False
     # ... and in /versions, next to the version that labelled it (for the project, and for all projects)
     for query in (f"?project={job.project}", ""):
         verdict = app.test_client().get("/versions" + query).json["labelling"][str(job.project)]
-        assert verdict["reliable"] is False and verdict["job"] == job.id and verdict["unreliable_shards"] == 2
+        assert verdict["reliable"] is False and verdict["job"] == job.id
         assert verdict["reasons"] == ["estimated accuracy 0.52 is under 0.70"] and verdict["estimated_accuracy"] == 0.52

@@ -1,11 +1,11 @@
-"""The whole-project job's write-back and shard carry-over, against an in-memory Label Studio stand-in
+"""The whole-project job's write-back, chunk by chunk, against an in-memory Label Studio stand-in
 (fast unit tests; the real path is tests/test_server_e2e.py and tests/test_label_studio_browser.py).
 
 - bulk import, <= 500 per request; exactly one prediction per task even when a request dies after LS
   stored the batch (the reply lost) or before it did, and across a restart with a batch in flight;
 - the project's model_version is set once predictions of the version exist (LS refuses it before);
 - /predict never hands LS a prediction a bulk import is sending;
-- from the second shard on, confident labels of finished shards go to the engine as fixed rows.
+- each chunk the engine hands over is written to LS before the next one is labelled.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from icm_backend.labelstudio.config import parse_label_config
 from icm_backend.labelstudio import results as P
 from icm_backend.server.app import create_app, get_backend
 from icm_backend.server.config import ServerConfig
-from icm_backend.server.icm_job import carry_over
 from icm_backend.server.model_host import ModelHost
 from test_server_protocol import CLASSIFY_XML
 
@@ -95,7 +94,7 @@ def one_each(ls: FakeLS):
 
 def test_bulk_write_back_one_prediction_per_task_and_version_set(make):
     ls = FakeLS(range(1, 1201))
-    app, backend = make(ls, shard_size=600)
+    app, backend = make(ls, chunk_size=600)
     job = run_job(backend)
     assert job.status == "done", job.error
     assert ls.imports == [500, 100, 500, 100]  # bulk, never over LS's atomic batch
@@ -108,7 +107,7 @@ def test_bulk_write_back_one_prediction_per_task_and_version_set(make):
 def test_import_that_dies_mid_request_sends_nothing_twice(make, fail):
     ls = FakeLS(range(1, 41))
     ls.fail = list(fail)
-    app, backend = make(ls, shard_size=20)
+    app, backend = make(ls, chunk_size=20)
     job = run_job(backend)
     assert job.status == "done", job.error
     assert one_each(ls)
@@ -128,7 +127,7 @@ def test_import_that_keeps_failing_fails_the_job_with_the_reason(make):
 
 def test_restart_with_a_batch_in_flight_asks_ls(make):
     ls = FakeLS(range(1, 31))
-    app, backend = make(ls, shard_size=30)
+    app, backend = make(ls, chunk_size=30)
     store = backend.predictions
     # a crashed run: labelled and claimed 30, LS stored them, the process died before settling
     items = {t: {"result": [{"x": 1}], "score": 0.9, "model_version": VERSION} for t in ls.tasks}
@@ -151,43 +150,20 @@ def test_predict_never_carries_what_an_import_is_sending(make):
     assert backend.predictions.claim_for_import(1, VERSION, 500) == {}  # 2, 3 went with the reply
 
 
-def test_later_shards_get_confident_labels_of_finished_shards_as_fixed_rows(make):
-    calls = []
+def test_each_chunk_is_in_label_studio_before_the_next_is_labelled(make):
+    seen = []
 
     def spy(rows, **kw):
-        calls.append((len(rows), dict(kw.get("fixed") or {})))
+        hand = kw["on_chunk"]
+        kw["on_chunk"] = lambda preds: (hand(preds), seen.append((len(preds), len(ls.preds))))
         return fake_label_rows(rows, **kw)
 
     ls = FakeLS(range(1, 61))
-    app, backend = make(ls, labeler=spy, shard_size=20, review_threshold=0.6)
-    job = run_job(backend, carry_max=8)
+    app, backend = make(ls, labeler=spy, chunk_size=20)
+    job = run_job(backend)
     assert job.status == "done" and one_each(ls)
-    assert calls[0] == (20, {})  # the first shard learns from nothing
-    for n, fixed in calls[1:]:
-        assert n == 20 + len(fixed) and 0 < len(fixed) <= 8
-        assert all(i >= 20 for i in fixed)  # fixed rows come after the shard's own rows
-        assert set(fixed.values()) <= {"Positive", "Negative"}
-    assert job.state["carried"] == {"0": 0, "1": len(calls[1][1]), "2": len(calls[2][1])}
-    # the job wrote only its own shards' tasks: the fixed rows are context, not output
-    assert len(ls.preds) == 60
-
-    job0 = run_job(backend, project=2, carry_max=0)  # carry switched off: every shard alone
-    assert job0.state["carried"] == {"0": 0, "1": 0, "2": 0}
-
-
-def test_carry_over_is_balanced_confident_and_unflagged():
-    spec = parse_label_config(CLASSIFY_XML)
-    preds = {}
-    for t, (label, conf, flagged) in enumerate([("Positive", 0.99, False), ("Positive", 0.95, False),
-                                                ("Positive", 0.9, False), ("Negative", 0.7, False),
-                                                ("Negative", 0.99, True), ("Negative", 0.55, False)]):
-        preds[t] = P.TaskPrediction(task_id=t, result=[{"x": 1}], score=conf, flagged=flagged, label=label)
-    out = carry_over([], preds, limit=4, threshold=0.6)
-    assert [(t, lab) for t, lab, _ in out] == [(3, "Negative"), (0, "Positive"), (1, "Positive"), (2, "Positive")]
-    assert carry_over([], preds, limit=0, threshold=0.6) == []
-    assert spec.labels  # the config parses: labels are the Choice values
-    assert Prediction  # engine type importable here (the LS layer never rescales its confidence)
-
+    assert seen == [(20, 20), (20, 40), (20, 60)]  # written as each finished, not at the end
+    assert job.state["written"] == 60
 
 def test_small_batch_labelled_in_the_request_points_the_score_column_at_it(make):
     import time

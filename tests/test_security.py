@@ -482,7 +482,7 @@ def test_one_bad_task_costs_only_itself(make_app, bad, reason):
 
 
 def test_a_job_never_dies_of_one_bad_task(make_app):
-    app = make_app(sync_max_tasks=2, shard_size=4)
+    app = make_app(sync_max_tasks=2, chunk_size=4)
     c = app.test_client()
     batch = tasks(10, t3="a\ud800b", t7="POISON")
     c.post("/predict", json={"tasks": batch, "project": 1, "label_config": XML})

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from icm_backend.labelstudio import results as P
-from icm_backend.server.icm_job import shard_tasks
 from icm_backend.labelstudio.config import LabelConfigError, parse_label_config
 from icm_backend.labelstudio.rows import tasks_to_rows
 from icm_backend.engine.types import INCONSISTENT, LOW_CONFIDENCE, Flag, Prediction
@@ -68,17 +67,6 @@ def test_low_confidence_flag_and_reason():
     out = P.build(spec, rs, [Prediction(0, "Positive", 0.52, [Flag(LOW_CONFIDENCE)])], 0.6)
     assert out[3].flagged and "low confidence 0.52" in out[3].reason
     assert out[3].result[1]["value"] == {"choices": ["needs review"]}
-
-
-def test_shards_keep_groups_whole():
-    tasks = [{"id": i, "data": {"consistency_id": i // 3}} for i in range(10)]
-    shards = shard_tasks(tasks, 4)
-    for s in shards:
-        groups = {t["data"]["consistency_id"] for t in s}
-        for g in groups:
-            assert sum(t["data"]["consistency_id"] == g for t in s) == sum(
-                t["data"]["consistency_id"] == g for t in tasks)
-    assert sum(len(s) for s in shards) == 10
 
 
 def test_pairwise_needs_two_texts():

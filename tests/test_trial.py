@@ -162,13 +162,13 @@ def challenger_flips(ft_name):
 
 def test_the_icm_job_labels_with_the_version_on_trial_and_flags_where_it_disagrees(make, tmp_path):
     ls = FakeLS(range(1, 31))
-    app, backend = make(ls, shard_size=10)
+    app, backend = make(ls, chunk_size=10)
     v1 = fake_version(backend.config.model_dir, 1, False)
     backend.host._labeler = challenger_flips(v1)
     job = run_job(backend)
     assert job.status == "done", job.error
     t = job.state["trial"]
-    assert t["challenger"] == v1 and t["done_shards"] == [0, 1, 2] and t["compared"] == 30
+    assert t["challenger"] == v1 and t["done"] is True and len(t["labels"]) == 30 and t["compared"] == 30
     dis = {int(k): v for k, v in t["disagreements"].items()}
     assert dis and all(v[0] != v[1] for v in dis.values())
     assert f"version on trial {v1} disagrees on {len(dis)} of 30 tasks" in job.message

@@ -7,10 +7,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from icm_backend.engine.labeler import CLI_METHODS
+from icm_backend.engine.model import DTYPE_CHOICES
 from icm_backend.envvars import env_float as _float
 from icm_backend.envvars import env_int as _int
 from icm_backend.envvars import env_switch
 from icm_backend.errors import InputError
+
+
+def _choice(env: dict, name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or default).strip().lower()
+    if raw not in choices:
+        raise InputError(f"{name}={env.get(name)!r}: choose one of {', '.join(choices)}")
+    return raw
 
 
 def _positive(env: dict, name: str, default: int) -> int:
@@ -42,9 +50,11 @@ class ServerConfig:
     review_by_threshold: bool = False  # ICM_REVIEW_THRESHOLD set: flag by it; else by the review budget
     review_fraction: float = 0.2  # ICM_REVIEW_FRACTION: flag this share of each labelling, least confident first
     trial: bool = True  # ICM_TRIAL=0 turns off: jobs also label with a kept version on trial (finetune.trial)
-    shard_size: int = 128  # a job labels (and pushes to LS) this many tasks at a time; groups stay together
+    core_size: int = 256  # ICM_CORE_SIZE: a project with more tasks runs ICM on a core this big, one pass for the rest
+    chunk_size: int = 512  # ICM_CHUNK_SIZE: the one-pass phase labels (and writes to LS) this many tasks at a time
+    dtype: str = "auto"  # ICM_DTYPE: auto (bf16 where the CPU computes it natively or on CUDA, else fp32), bf16, fp32
     seed: int = 0
-    max_iters: int | None = None  # ICM_MAX_ITERS: cap on ICM search iterations per shard (engine default 20*N)
+    max_iters: int | None = None  # ICM_MAX_ITERS: cap on the ICM search's iterations (engine default 20*N)
     checkpoint_every_s: float = 20.0  # ICM_CHECKPOINT_EVERY_S: how often a job's search saves its state
     # -- limits against hostile or careless clients (each a clear 4xx, or a per-task reason) ---------
     max_body_bytes: int = 32 * 1024 * 1024  # ICM_MAX_BODY_BYTES: bigger requests get 413 before being read
@@ -109,7 +119,9 @@ class ServerConfig:
             review_by_threshold=env.get("ICM_REVIEW_THRESHOLD") not in (None, ""),
             review_fraction=fraction,
             trial=env_switch(env, "ICM_TRIAL", True),
-            shard_size=max(1, _int(env, "ICM_JOB_SHARD_SIZE", 128)),
+            core_size=max(0, _int(env, "ICM_CORE_SIZE", cls.core_size)),
+            chunk_size=_positive(env, "ICM_CHUNK_SIZE", cls.chunk_size),
+            dtype=_choice(env, "ICM_DTYPE", "auto", DTYPE_CHOICES),
             seed=_int(env, "ICM_SEED", 0),
             max_iters=_int(env, "ICM_MAX_ITERS", 0) or None,
             checkpoint_every_s=_float(env, "ICM_CHECKPOINT_EVERY_S", 20.0),

@@ -1,8 +1,11 @@
 """The "icm" job: label a whole Label Studio project with ICM and write the predictions back.
 
-Resumable at two levels: the project is cut into shards (consistency groups kept whole); a finished
-shard is recorded in the job state and its predictions are in the store, and inside a shard label_rows
-resumes from its checkpoint file.
+One labelling of the whole project (engine.core): ICM on a random core (ICM_CORE_SIZE tasks, 256 by
+default; a smaller project is all core), then one pass over the rest in the core's context, in chunks of
+ICM_CHUNK_SIZE tasks. The core and the first chunk come first; each chunk is written to Label Studio as soon
+as it is labelled, so the first predictions show within minutes of "Retrieve predictions" whatever the
+project's size. Resumable: the search checkpoints in the job's folder, and chunks handed over (in the
+prediction store) before a crash are not labelled again.
 
 Write-back is LS's bulk import (POST /api/projects/<id>/import/predictions, <= 500 per request, which LS
 stores in one bulk_create: all or nothing). Exactly once across crashes: a batch is claimed in the store
@@ -12,10 +15,6 @@ already hold one when the job starts are never sent again.
 
 Once LS holds predictions of the version, the project's model_version is set to it (LS refuses a version
 nothing carries yet): the Data Manager's "Prediction score" column averages the scores of that version.
-
-Shards learn: from the second shard on, the confident labels of the finished shards (at most
-`carry_max`, balanced over labels, kept in the job state so a resume sees the same ones) join the
-shard as fixed members of D, in-context examples the search never relabels.
 """
 
 from __future__ import annotations
@@ -31,13 +30,11 @@ from icm_backend.jobs.predictions import PredictionStore
 from icm_backend.jobs.projects import ProjectStore
 from icm_backend.jobs.queue import JobContext
 from icm_backend.labelstudio.config import parse_label_config
-from icm_backend.labelstudio.rows import task_group
 from icm_backend.labelstudio.client import LabelStudioUnavailable, client_for
 
 log = logging.getLogger(__name__)
 
-CARRY_MAX = 32  # confident labels of finished shards carried into each later shard as fixed examples
-HUMAN_MAX = 256  # human labels (annotations) fixed in every shard, balanced over labels
+HUMAN_MAX = 256  # human labels (annotations) fixed in the labelling's context, balanced over labels
 IMPORT_TRIES = 3
 
 
@@ -49,62 +46,16 @@ class WriteBackFailed(Exception):
     """Label Studio kept refusing the bulk import: the job fails with LS's reason."""
 
 
-def labelling_verdict(assessments: dict) -> dict | None:
-    """One ICM job's verdict from its shards' assessments (engine.calibration.Assessment.to_json, keyed by
-    shard): reliable unless a shard is not, the distinct reasons (first shard's first), the lowest estimated
-    accuracy and the mean confidence. None when no shard was assessed. The job's message and /versions
-    both say this."""
-    shards = list(assessments.values())
-    if not shards:
+def labelling_verdict(assessment: dict | None) -> dict | None:
+    """One ICM job's verdict from its labelling's assessment (engine.calibration.Assessment.to_json): reliable
+    or not and why, the estimated accuracy, the mean confidence, and what the calibration was fitted on.
+    None when the labelling was not assessed. The job's message and /versions both say this."""
+    if not assessment:
         return None
-    unreliable = [a for a in shards if not a.get("reliable", True)]
-    accs = [a["estimated_accuracy"] for a in shards if a.get("estimated_accuracy") is not None]
-    return {"reliable": not unreliable, "unreliable_shards": len(unreliable), "shards": len(shards),
-            "reasons": list(dict.fromkeys(r for a in unreliable for r in a.get("reasons") or [])),
-            "estimated_accuracy": min(accs) if accs else None,
-            "mean_confidence": round(sum(a.get("mean_confidence", 0.0) for a in shards) / len(shards), 4)}
-
-
-def shard_tasks(tasks: list[dict], size: int) -> list[list[dict]]:
-    """Cut into shards of ~size tasks without splitting a consistency group across shards."""
-    groups: dict[str, list[dict]] = {}
-    for t in tasks:
-        gid = task_group(t.get("data") or {}) or f"task-{t['id']}"
-        groups.setdefault(gid, []).append(t)
-    shards, cur = [], []
-    for members in groups.values():
-        if cur and len(cur) + len(members) > size:
-            shards.append(cur)
-            cur = []
-        cur.extend(members)
-    if cur:
-        shards.append(cur)
-    return shards
-
-
-def carry_over(previous: list, preds: dict, limit: int, threshold: float) -> list[list]:
-    """[[task id, label word, confidence], ...]: the most confident unflagged labels of the finished shards
-    (previous carry included), at most `limit`, taken in turn from each label so no label crowds out the
-    others (a shard that leans to one label must not teach the next one only that label)."""
-    if limit <= 0:
-        return []
-    pool = {int(t): (lab, float(c)) for t, lab, c in previous}
-    for tid, p in preds.items():
-        if p.result and p.label is not None and not p.flagged and p.score is not None and p.score >= threshold:
-            pool[int(tid)] = (p.label, float(p.score))
-    by_label: dict[str, list[tuple[float, int]]] = {}
-    for tid, (lab, c) in pool.items():
-        by_label.setdefault(lab, []).append((c, tid))
-    for v in by_label.values():
-        v.sort(key=lambda x: (-x[0], x[1]))
-    out, k = [], 0
-    while len(out) < limit and any(k < len(v) for v in by_label.values()):
-        for lab in sorted(by_label):
-            if k < len(by_label[lab]) and len(out) < limit:
-                c, tid = by_label[lab][k]
-                out.append([tid, lab, round(c, 6)])
-        k += 1
-    return out
+    return {"reliable": bool(assessment.get("reliable", True)), "reasons": list(assessment.get("reasons") or []),
+            "estimated_accuracy": assessment.get("estimated_accuracy"),
+            "mean_confidence": assessment.get("mean_confidence", 0.0),
+            "calibrated_on": assessment.get("calibrated_on")}
 
 
 @dataclass
@@ -134,21 +85,16 @@ class ICMJob:
         by_id = {t["id"]: t for t in tasks}
         state = dict(job.state)
         # Human labels (annotations, accepted predictions included) clamp the search: fixed members of D
-        # in every shard, never relabelled; their tasks need no prediction. Read once, kept for a resume.
+        # (in the core), never relabelled; their tasks need no prediction. Read once, kept for a resume.
         if "human" not in state and method != "zero-shot":
             state["human"] = self._human_labels(project, spec, set(by_id))
             ctx.save_state(state)
         human = {int(t): lab for t, lab in state.get("human", [])}
         tasks = [t for t in tasks if t["id"] not in human]
-        shards = shard_tasks(tasks, int(params.get("shard_size") or self.host.config.shard_size))
-        done_shards = set(state.get("done_shards", []))
         total = len(tasks)
-        done_before = sum(len(s) for k, s in enumerate(shards) if k in done_shards)
-        ctx.progress(done_before, total, f"{len(shards)} shard(s), {len(done_shards)} done")
-        # zero-shot reads no context: carrying labels would only add rows to score
-        carry_max = int(params.get("carry_max", CARRY_MAX)) if method != "zero-shot" else 0
-        carry = state.get("carry", [])
-        trial = self._trial_pass(ctx, spec, shards, by_id, human, method, state)  # {task: (word, conf)} or None
+        fixed = {t: lab for t, lab in human.items() if t in by_id}
+        context = [by_id[t] for t in fixed]
+        trial = self._trial_pass(ctx, spec, tasks, context, fixed, method, state)  # {task: (word, conf)} or None
         ls = self._ls_or_none(project)
         run = {"published": False, "known": set()}
         if ls is not None:
@@ -156,45 +102,41 @@ class ICMJob:
             run["known"] = ls.existing_prediction_tasks(project, version)  # never sent again
             if run["known"]:
                 run["published"] = self._publish(ls, project, version)
-            self._push(ctx, ls, run)  # shards finished before a crash whose predictions never left
-        for k, shard in enumerate(shards):
-            if k in done_shards:
-                continue
-            base = done_before
+            self._push(ctx, ls, run)  # chunks finished before a crash whose predictions never left
+        ctx.progress(state.get("written", 0), total, "labelling")
 
-            def progress(d: int, t: int, msg: str = "", base=base, n=len(shard), k=k) -> None:
-                frac = (d / t) if t else 0.0
-                ctx.progress(base + int(frac * n), total, f"shard {k + 1}/{len(shards)}: {msg}")
+        def progress(d: int, t: int, msg: str = "") -> None:
+            ctx.progress(int(d / t * total) if t else 0, total, msg)
 
-            fixed = {int(t): lab for t, lab, _ in carry if int(t) in by_id}
-            fixed.update({t: lab for t, lab in human.items() if t in by_id})  # a human label wins
-            preds = self.host.label(spec, shard, method=method, checkpoint=ctx.workdir / f"shard-{k}.ckpt",
-                                    progress=progress, version=version,
-                                    context=[by_id[t] for t in fixed], fixed=fixed)
+        def write(preds: dict) -> None:
+            """A finished chunk: into the store, then to Label Studio; counted in the job state (once: a chunk
+            redone after a crash finds its tasks already counted, and the store keeps one row per task)."""
+            seen = set(state.get("written_tasks", []))
+            preds = {tid: p for tid, p in preds.items() if tid not in seen}
             failed = {tid: p.reason for tid, p in preds.items() if not p.result}  # one bad task costs only itself
             for tid, reason in list(failed.items())[:20]:
                 log.warning("job %d: task %s not labelled: %s", job.id, tid, reason)
             if trial is not None:
                 self._mark_trial(spec, preds, trial, state)
-            items = {tid: p.to_ls(version) for tid, p in preds.items()}
-            self.predictions.put_predictions(project, version, items, job_id=job.id)
+            self.predictions.put_predictions(project, version, {tid: p.to_ls(version) for tid, p in preds.items()},
+                                             job_id=job.id)
             if ls is not None:
                 self._push(ctx, ls, run)
-            carry = carry_over(carry, preds, carry_max, self.host.config.review_threshold)
-            done_shards.add(k)
-            done_before += len(shard)
-            state["done_shards"] = sorted(done_shards)
-            state["carry"] = carry
-            state.setdefault("carried", {})[str(k)] = len(fixed)
+            state["written_tasks"] = sorted(seen | set(preds))
+            state["written"] = len(state["written_tasks"])
             state["flagged"] = state.get("flagged", 0) + sum(p.flagged for p in preds.values())
-            assessment = getattr(preds, "assessment", None)
-            if assessment is not None:  # calibration and the "does the model know" check, per shard
-                state.setdefault("assessment", {})[str(k)] = assessment.to_json()
             state["not_labelled"] = state.get("not_labelled", 0) + len(failed)
             state["not_labelled_tasks"] = {**state.get("not_labelled_tasks", {}),
                                            **{str(t): r for t, r in list(failed.items())[:50]}}
             ctx.save_state(state)
-            ctx.progress(done_before, total, f"shard {k + 1}/{len(shards)} written")
+            ctx.progress(state["written"], total, f"{state['written']}/{total} tasks written")
+
+        preds = self.host.label(spec, tasks, method=method, checkpoint=ctx.workdir / "icm.ckpt", progress=progress,
+                                version=version, context=context, fixed=fixed, on_chunk=write)
+        assessment = getattr(preds, "assessment", None)
+        if assessment is not None:  # calibration and the "does the model know" check
+            state["assessment"] = assessment.to_json()
+            ctx.save_state(state)
         flagged = state.get("flagged", 0)
         failed = state.get("not_labelled", 0)
         failed_note = f", {failed} not labelled (reasons in the job's state)" if failed else ""
@@ -213,19 +155,18 @@ class ICMJob:
             human_note += self._record_trial(job, state)
         v, verdict = labelling_verdict(state.get("assessment", {})), ""
         if v and not v["reliable"]:
-            verdict = (f"; UNRELIABLE labelling ({v['unreliable_shards']} of {v['shards']} shard(s)): "
-                       + "; ".join(v["reasons"]))
+            verdict = "; UNRELIABLE labelling: " + "; ".join(v["reasons"])
         elif v and v["estimated_accuracy"] is not None:
             verdict = f"; estimated accuracy {v['estimated_accuracy']:.2f}"
         return (f"{total - failed} tasks labelled{human_note}, {flagged} flagged for review{failed_note}, "
                 f"{where}{verdict}")
 
     # -- the version on trial (finetune.trial) ------------------------------------------------
-    def _trial_pass(self, ctx: JobContext, spec, shards, by_id, human, method, state) -> dict | None:
-        """Label every shard with the challenger too, before the serving version's pass (so each served
-        shard can be compared as it is written); {task id: (label word, confidence)}. None when there is no
-        challenger, or it is off (ICM_TRIAL=0) or cannot run here (a model server serves no fine-tuned
-        version). Resumable: finished shards are kept in the job state."""
+    def _trial_pass(self, ctx: JobContext, spec, tasks, context, fixed, method, state) -> dict | None:
+        """Label the project with the challenger too, with the same human labels fixed, before the serving
+        version's pass (so each served chunk can be compared as it is written); {task id: (label word,
+        confidence)}. None when there is no challenger, or it is off (ICM_TRIAL=0) or cannot run here (a
+        model server serves no fine-tuned version). Resumable: finished chunks are kept in the job state."""
         cfg = self.host.config
         if not cfg.trial or cfg.server_url:
             return None
@@ -233,36 +174,31 @@ class ICMJob:
             from icm_backend.finetune.trial import challenger
 
             v = challenger(cfg.model_dir, ctx.job.model_version)
-            state["trial"] = {"challenger": v.name, "labels": {}, "done_shards": []} if v else None
+            state["trial"] = {"challenger": v.name, "labels": {}, "done": False} if v else None
             ctx.save_state(state)
         t = state["trial"]
         if not t:
             return None
-        name, fixed = t["challenger"], {int(k): lab for k, lab in human.items() if k in by_id}
-        total = sum(len(s) for s in shards)
-        for k, shard in enumerate(shards):
-            if k in t["done_shards"]:
-                continue
-            done = sum(len(s) for j, s in enumerate(shards) if j in t["done_shards"])
+        name, total = t["challenger"], len(tasks)
+        if not t.get("done"):
+            def progress(d: int, n: int, msg: str = "") -> None:
+                ctx.progress(int(d / n * total) if n else 0, total, f"version on trial {name}: {msg}")
 
-            def progress(d: int, n: int, msg: str = "", base=done, size=len(shard), k=k) -> None:
-                frac = (d / n) if n else 0.0
-                ctx.progress(base + int(frac * size), total,
-                             f"version on trial {name}, shard {k + 1}/{len(shards)}: {msg}")
+            def keep(preds: dict) -> None:
+                t["labels"].update({str(tid): [p.label, p.score] for tid, p in preds.items()
+                                    if p.result and p.label is not None and p.score is not None})
+                ctx.save_state(state)
 
-            preds = self.host.label(spec, shard, method=method, checkpoint=ctx.workdir / f"trial-{k}.ckpt",
-                                    progress=progress, version=name, context=[by_id[t_] for t_ in fixed],
-                                    fixed=fixed)
-            t["labels"].update({str(tid): [p.label, p.score] for tid, p in preds.items()
-                                if p.result and p.label is not None and p.score is not None})
-            t["done_shards"].append(k)
+            self.host.label(spec, tasks, method=method, checkpoint=ctx.workdir / "trial.ckpt", progress=progress,
+                            version=name, context=context, fixed=fixed, on_chunk=keep)
+            t["done"] = True
             ctx.save_state(state)
         log.info("job %d: version on trial %s labelled %d tasks", ctx.job.id, name, len(t["labels"]))
         return {int(tid): (lab, float(c)) for tid, (lab, c) in t["labels"].items()}
 
     def _mark_trial(self, spec, preds: dict, trial: dict, state: dict) -> None:
         """Flag (and re-score) in `preds` the tasks where the version on trial disagrees; note them in the job
-        state (saved with the shard: a shard redone after a crash is counted once)."""
+        state (saved with the chunk: a chunk redone after a crash is counted once)."""
         from icm_backend.labelstudio.results import on_trial
 
         t = state["trial"]

@@ -42,10 +42,13 @@ def _default_labeler() -> LabelFn:
     return label_rows
 
 
-def _default_loader(name: str):
-    from icm_backend.engine.model import load_lm
+def local_loader(config: ServerConfig) -> Callable[[str], object]:
+    """The in-process model, in the number format ICM_DTYPE asks for (auto: by the hardware)."""
+    def load(name: str):
+        from icm_backend.engine.model import load_lm
 
-    return load_lm(name)
+        return load_lm(name, dtype=config.dtype)
+    return load
 
 
 def remote_loader(config: ServerConfig) -> Callable[[str], object]:
@@ -78,7 +81,7 @@ class ModelHost:
         self.config = config
         self._labeler = labeler
         # A labeler given by the caller (a test fake) gets the model's name, not a loaded model.
-        default = remote_loader(config) if config.server_url else _default_loader
+        default = remote_loader(config) if config.server_url else local_loader(config)
         self._loader = loader or (default if labeler is None else (lambda name: name))
         # path -> loaded model, most recently used last; at most MODELS_KEPT (the serving version, and a
         # version on trial while a job labels with it, without reloading either per shard or per request)
@@ -126,18 +129,32 @@ class ModelHost:
     def label(self, spec: ProjectSpec, tasks: list[dict], method: str, checkpoint=None,
               progress: Callable[[int, int, str], None] | None = None,
               version: str | None = None, context: list[dict] | None = None,
-              fixed: dict[int, str] | None = None) -> dict[int, P.TaskPrediction]:
+              fixed: dict[int, str] | None = None,
+              on_chunk: Callable[[dict[int, P.TaskPrediction]], None] | None = None) -> dict[int, P.TaskPrediction]:
         """One TaskPrediction per task. Exceptions raised by `progress` (cancel, a time budget) and
         ModelUnavailable propagate; any other engine failure costs only the task(s) that caused it.
 
-        context, fixed: tasks labelled earlier (e.g. a job's finished shards) and their engine label words
-        {task id: word}: fixed members of D, used as in-context examples, never relabelled, not returned."""
+        context, fixed: tasks labelled by people and their engine label words {task id: word}: fixed
+        members of D, used as in-context examples, never relabelled, not returned.
+        on_chunk: receives the TaskPredictions of each chunk as the engine finishes it (a big project's
+        core and first chunk, then each later chunk; a small one's all at once), and at the end whatever it
+        was not handed yet. With a checkpoint, a resumed call skips the chunks handed over before."""
         mine = {t["id"] for t in tasks}
         context = [t for t in (context or []) if t["id"] in (fixed or {}) and t["id"] not in mine]
         rowset = tasks_to_rows(spec, tasks + context, max_chars=self.config.max_text_chars)
         fixed_rows = _fixed_rows(spec, rowset, {t["id"]: fixed[t["id"]] for t in context}) if context else {}
+        handed: set[int] = set()
+
+        def hand(tps: dict[int, P.TaskPrediction]) -> None:
+            tps = {t: p for t, p in tps.items() if t in mine and t not in handed}
+            if on_chunk is not None and tps:
+                on_chunk(tps)
+            handed.update(tps)
+
         if not any(tid in mine for tid in rowset.primary):
-            return {t: p for t, p in P.build(spec, rowset, [], self.config.review_threshold).items() if t in mine}
+            out = {t: p for t, p in P.build(spec, rowset, [], self.config.review_threshold).items() if t in mine}
+            hand(out)
+            return out
         model = self.model(version)
         raised: list[BaseException] = []
 
@@ -155,8 +172,16 @@ class ModelHost:
 
         from icm_backend.engine.search import SearchConfig
 
-        config = SearchConfig(max_iters=self.config.max_iters, checkpoint_every_s=self.config.checkpoint_every_s)
+        config = SearchConfig(max_iters=self.config.max_iters, checkpoint_every_s=self.config.checkpoint_every_s,
+                              core_size=self.config.core_size, chunk_size=self.config.chunk_size)
         extra = {"fixed": fixed_rows} if fixed_rows else {}
+        if on_chunk is not None:
+            def chunk(preds: list) -> None:  # a task's prediction comes from its primary row
+                rows = {p.index for p in preds}
+                hand({tid: tp for tid, tp in P.build(spec, rowset, preds, self.config.review_threshold).items()
+                      if rowset.primary.get(tid) in rows})
+
+            extra["on_chunk"] = chunk
         try:
             raw = (self.labeler(
                 rowset.rows, task=spec.task, labels=spec.labels if spec.task == "classify" else None, method=method,
@@ -168,10 +193,15 @@ class ModelHost:
                 raise
             if _is_model_server_error(exc):  # no task is at fault: the job fails with the reason
                 raise ModelUnavailable(str(exc)) from exc
-            return self._isolate(spec, tasks, rowset, method, progress, version, exc)
+            out = self._isolate(spec, tasks, rowset, method, progress, version, exc)
+            hand(out)
+            return out
+        got = {p.index for p in preds}  # a resumed big project: chunks handed over before are not in `preds`
         out = P.build(spec, rowset, preds, self.config.review_threshold)
-        labelled = LabelledTasks({tid: p for tid, p in out.items() if tid in mine})
+        labelled = LabelledTasks({tid: p for tid, p in out.items() if tid in mine
+                                  and (tid not in rowset.primary or rowset.primary[tid] in got or not handed)})
         labelled.assessment = getattr(raw, "assessment", None)  # calibration / reliability of this labelling
+        hand({t: p for t, p in labelled.items() if t not in handed})
         return labelled
 
     def _review_settings(self) -> dict:

@@ -129,7 +129,7 @@ class Backend:
         out: dict[str, dict] = {}
         for job in self.jobs.list_jobs(project=project, status="done", limit=200):
             key = str(job.project)
-            v = labelling_verdict((job.state or {}).get("assessment", {})) if job.kind == "icm" else None
+            v = labelling_verdict((job.state or {}).get("assessment")) if job.kind == "icm" else None
             if v and key not in out:  # newest first: the first one seen per project is the last run
                 out[key] = {"job": job.id, "model_version": job.model_version, **v}
         return out
