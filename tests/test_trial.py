@@ -151,12 +151,15 @@ def test_the_host_keeps_the_serving_and_the_trial_model_loaded(tmp_path):
 def challenger_flips(ft_name):
     """A fake labeler: the base labels as fake_label_rows does; the version on trial flips every third row."""
     def label(rows, **kw):
-        preds = fake_label_rows(rows, **kw)
-        if ft_name in str(kw.get("model")):
-            for i, p in enumerate(preds):
-                if i % 3 == 0 and not p.flags:
+        hand, flip = kw.get("on_chunk"), ft_name in str(kw.get("model"))
+
+        def flipped(preds):  # before the chunk is handed over, as the engine decides labels
+            for p in preds:
+                if flip and p.index % 3 == 0 and not p.flags:
                     p.label = "Negative" if p.label == "Positive" else "Positive"
-        return preds
+            if hand:
+                hand(preds)
+        return fake_label_rows(rows, **{**kw, "on_chunk": flipped})
     return label
 
 
