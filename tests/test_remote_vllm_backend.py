@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 N_TASKS = 30
-SHARD = 10
+CORE, CHUNK = 10, 2  # ICM on 10 tasks, then the other 20 in chunks of 2
 
 
 def sst2(shared_dir: Path, n: int) -> list[dict]:
@@ -33,7 +33,7 @@ def test_project_job_on_vllm_survives_a_vllm_crash(label_studio, vllm_server, sh
     backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
         "ICM_SERVER_URL": vllm_server.base_url, "ICM_MODEL": "gemma3-270m", "ICM_SERVER_RETRY_S": "900",
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-        "ICM_METHOD": "icm", "ICM_MAX_ITERS": "60", "ICM_SYNC_MAX_TASKS": "4", "ICM_JOB_SHARD_SIZE": str(SHARD),
+        "ICM_METHOD": "icm", "ICM_MAX_ITERS": "60", "ICM_SYNC_MAX_TASKS": "4", "ICM_CORE_SIZE": str(CORE), "ICM_CHUNK_SIZE": str(CHUNK),
         "ICM_CHECKPOINT_EVERY_S": "1", "LOG_LEVEL": "INFO",
     })
     backend.start()
@@ -65,11 +65,11 @@ def _run(ls, backend: BackendProcess, vllm, shared_dir: Path) -> None:
                       selected_items={"all": True, "excluded": []})
     job_id = wait_for(lambda: requests.get(backend.url + "/jobs", timeout=2).json()["jobs"], 60, "the job")[0]["id"]
 
-    def first_shard_done():
+    def first_chunk_done():
         job = _job(backend, job_id)
         assert job["status"] != "failed", job
-        return len(job["state"].get("done_shards", [])) >= 1 and job
-    job = wait_for(first_shard_done, 600, "the first shard")
+        return job["state"].get("written", 0) >= 1 and job
+    job = wait_for(first_chunk_done, 600, "the first chunk", every=0.1)
     assert job["status"] == "running", f"job finished before the crash: {job}"
 
     vllm.kill()  # the model server crashes mid-job

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 N_TASKS = 30
-SHARD = 10
+CORE, CHUNK = 10, 2  # ICM on 10 tasks, then the other 20 in chunks of 2: a long one-pass phase to crash in
 # The real ICM search on the real tiny model; ICM_E2E_METHOD=bootstrap tests the plumbing faster.
 METHOD = os.environ.get("ICM_E2E_METHOD", "icm")
 
@@ -34,7 +34,7 @@ def test_label_studio_e2e(label_studio, shared_dir, tmp_path):
         "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"),
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
         "ICM_METHOD": METHOD, "ICM_MAX_ITERS": os.environ.get("ICM_E2E_MAX_ITERS", "120"),
-        "ICM_SYNC_MAX_TASKS": "4", "ICM_JOB_SHARD_SIZE": str(SHARD), "LOG_LEVEL": "INFO",
+        "ICM_SYNC_MAX_TASKS": "4", "ICM_CORE_SIZE": str(CORE), "ICM_CHUNK_SIZE": str(CHUNK), "LOG_LEVEL": "INFO",
     })
     backend.start()
     with stopped_after(backend, label_studio):
@@ -57,12 +57,12 @@ def _run(ls, label_studio, backend: BackendProcess, shared_dir: Path) -> None:
     jobs = wait_for(lambda: requests.get(backend.url + "/jobs", timeout=2).json()["jobs"], 30, "the job")
     job_id = jobs[0]["id"]
 
-    # crash mid-job: after the first shard was written to LS, before the last one
-    def first_shard_written():
+    # crash mid-job, in the one-pass phase: after the core and the first chunk were written, before the last
+    def first_chunk_written():
         job = requests.get(f"{backend.url}/jobs/{job_id}", timeout=2).json()
         assert job["status"] != "failed", job
-        return len(job["state"].get("done_shards", [])) >= 1 and job
-    job = wait_for(first_shard_written, 600, "the first shard")
+        return job["state"].get("written", 0) >= 1 and job
+    job = wait_for(first_chunk_written, 600, "the first chunk", every=0.1)
     assert job["status"] == "running", f"job finished before the crash: {job}"
     backend.kill()
     written_before = [p for p in ls.predictions.list(project=project.id) if p.model_version == version]
