@@ -13,7 +13,7 @@ from icm_backend.engine.io import read_rows
 from icm_backend.engine.labeler import label_rows
 from icm_backend.engine.model import load_lm
 from icm_backend.engine.tasks import build_problem
-from icm_backend.commands.server_args import add_server_args, remote_scorer
+from icm_backend.commands.server_args import add_dtype_arg, add_server_args, remote_scorer
 
 SAMPLE = "sst2_sample.tsv"
 LABELS = ["negative", "positive"]
@@ -23,6 +23,7 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("demo", help="ICM vs baselines on a bundled 64-sentence SST-2 sample")
     p.add_argument("--model", help="default: the embedded gemma3-270m")
     p.add_argument("--seed", type=int, default=0)
+    add_dtype_arg(p)
     add_server_args(p)
     p.set_defaults(func=run)
 
@@ -37,8 +38,8 @@ def run(args) -> int:
     if lm is not None:
         where = f"model {lm.model} on the model server {lm.base_url}"
     else:
-        lm = load_lm(cli_model(args.model))
-        where = f"model {lm.name} ({'4-bit NF4' if lm.quantization == 'nf4' else 'bf16'} on {lm.device})"
+        lm = load_lm(cli_model(args.model), dtype=args.dtype)
+        where = f"model {lm.name} ({'4-bit NF4' if lm.quantization == 'nf4' else lm.dtype} on {lm.device})"
     problem = build_problem(inputs, "classify", LABELS)
     print(f"SST-2 sample: {len(rows)} sentences, {where}, seed {args.seed}\n")
     print(f"{'method':16} {'accuracy':>8} {'ECE':>6} {'positive':>8} {'time':>7}")

@@ -11,7 +11,7 @@ from icm_backend.engine.labeler import CLI_METHODS, DEFAULT_REVIEW_FRACTION, DEF
 from icm_backend.engine.model import QUANTIZE_CHOICES
 from icm_backend.engine.search import SearchConfig
 from icm_backend.engine.tasks import PRESETS
-from icm_backend.commands.server_args import add_server_args, remote_scorer
+from icm_backend.commands.server_args import add_dtype_arg, add_server_args, remote_scorer
 from icm_backend.errors import InputError
 
 
@@ -38,7 +38,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--method", default="icm", help="one of: " + ", ".join(CLI_METHODS))
     p.add_argument("--model", help="gemma3-270m (default), smollm2-135m, a local HF dir, a .gguf file or a hub id")
     p.add_argument("--quantize", default="auto", choices=QUANTIZE_CHOICES,
-                   help="auto: 4-bit NF4 on CUDA with bitsandbytes, bf16 otherwise")
+                   help="auto: 4-bit NF4 on CUDA with bitsandbytes, unquantised otherwise")
+    add_dtype_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .jsonl")
     p.add_argument("--checkpoint", help="checkpoint file (default: OUT.ckpt.json); rerun to resume")
@@ -70,7 +71,7 @@ def run(args) -> int:
     preds = label_rows(rows, task=args.task, labels=parse_labels(args.labels), method=args.method,
                        model=remote_scorer(args) or cli_model(args.model), seed=args.seed,
                        checkpoint=checkpoint if args.method == "icm" else None, config=config,
-                       review_threshold=args.review_threshold, quantize=args.quantize, fixed=fixed,
+                       review_threshold=args.review_threshold, quantize=args.quantize, dtype=args.dtype, fixed=fixed,
                        review_fraction=args.review_fraction)
     write_predictions(preds, out)
     flagged = sum(1 for p in preds if p.flags)

@@ -30,3 +30,18 @@ def remote_scorer(args):
     return RemoteScorer(args.server, args.model, tokenizer=args.tokenizer or args.model,
                         api_key=os.environ.get("ICM_SERVER_API_KEY") or os.environ.get("OPENAI_API_KEY") or None,
                         retry_s=args.server_retry_s)
+
+
+def add_dtype_arg(p) -> None:
+    """`--dtype` of the in-process model (env ICM_DTYPE), shared by label and demo."""
+    from icm_backend.engine.model import DTYPE_CHOICES
+
+    default = (os.environ.get("ICM_DTYPE") or "auto").strip().lower()
+    if default not in DTYPE_CHOICES:
+        from icm_backend.errors import InputError
+
+        raise InputError(f"ICM_DTYPE={os.environ.get('ICM_DTYPE')!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+    p.add_argument("--dtype", default=default, choices=DTYPE_CHOICES,
+                   help="number format of the in-process model: auto (bf16 on CUDA and on CPUs with native bf16, "
+                        "AVX512-BF16 or AMX; fp32 on others, where bf16 is emulated and 5-8x slower), bf16, fp32 "
+                        "(default: env ICM_DTYPE, else auto)")
