@@ -1,0 +1,223 @@
+"""Projects of any size: quality and cost of ICM on a core + one pass, on the shipped path (`label_rows`).
+
+    # (a) quality on SST-2 dev (all rows), per seed: zero-shot, bootstrap, ICM in shards of 128 (each shard
+    #     its own search: the job before this change), core + one pass with cores of 128 / 256 / 512
+    python bench/bench_scale.py quality --data data/sst2/dev.tsv --seeds 0 1 2 --json out.json
+    # (b) cost growth: tasks/s of the default ICM job's labelling and of zero-shot at each size (texts of the
+    #     given files repeated past their count), in process or through a model server (--server URL --model M)
+    python bench/bench_scale.py cost --texts data/sst2/dev.tsv data/sst2/test.tsv --sizes 1000 10000
+    # the number format: zero-shot on 50 rows with --dtype auto, fp32, bf16
+    python bench/bench_scale.py dtype --data data/sst2/dev.tsv
+
+Every labelling is `label_rows` as `icm-backend label` and the server's job run it. A row of the table is
+appended to --json as each finishes (a rerun skips finished rows). The CPU and its bf16 support are printed
+with every table: timings on these machines differ by 5-8x between CPUs with and without native bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from icm_backend.commands.server_args import add_server_args, remote_scorer
+from icm_backend.engine.calibration import ReviewConfig
+from icm_backend.engine.labeler import label_rows
+from icm_backend.engine.model import NATIVE_BF16_FLAGS, cpu_flags, load_lm
+from icm_backend.engine.scorer import TransformersScorer
+from icm_backend.engine.search import SearchConfig
+
+LABELS = ["negative", "positive"]
+
+
+def machine() -> str:
+    name = platform.processor() or "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    native = sorted(set(NATIVE_BF16_FLAGS) & cpu_flags())
+    import os
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"CPU {name}, {os.cpu_count()} cores, native bf16: {', '.join(native) if native else 'no (AVX2 only)'}"
+            f", load {load:.1f} at start")
+
+
+def read_tsv(path: str) -> tuple[list[str], list[int | None]]:
+    """text<TAB>label rows (a header line first); label None where the column is not 0/1."""
+    texts, gold = [], []
+    for line in Path(path).read_text(encoding="utf-8").splitlines()[1:]:
+        parts = line.split("\t")
+        texts.append(parts[0].strip())
+        gold.append(int(parts[1]) if len(parts) > 1 and parts[1].strip() in ("0", "1") else None)
+    return texts, gold
+
+
+def scores(preds, gold: list[int]) -> dict:
+    """Accuracy, ECE (10 bins), and the share of all errors that the review flags caught."""
+    from icm_backend.engine.evaluate import calibration
+
+    y = np.array([LABELS.index(p.label) for p in preds])
+    conf = np.array([p.confidence for p in preds])
+    wrong = y != np.array(gold)
+    flagged = np.array([bool(p.flags) for p in preds])
+    ece, _ = calibration(conf, ~wrong)
+    return {"accuracy": round(float((~wrong).mean()), 4), "ece": round(float(ece), 4),
+            "errors_in_flagged": round(float((wrong & flagged).sum() / max(wrong.sum(), 1)), 4),
+            "flagged": int(flagged.sum())}
+
+
+def make_model(args):
+    remote = remote_scorer(args)
+    if remote is not None:
+        remote.set_labels(LABELS)
+        return remote
+    return TransformersScorer(load_lm(args.model, dtype=args.dtype), LABELS)
+
+
+def run_one(scorer, rows, method: str, seed: int, core: int | None, max_iters: int | None = None):
+    """One labelling through label_rows; (predictions, wall s, LM tokens)."""
+    before = scorer.stats.tokens_processed
+    t0 = time.perf_counter()
+    preds = label_rows(rows, task="classify", labels=LABELS, method=method, model=scorer, seed=seed,
+                       config=SearchConfig(core_size=core, max_iters=max_iters))
+    return preds, time.perf_counter() - t0, scorer.stats.tokens_processed - before
+
+
+def _done(path: Path | None) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines()] if path and path.exists() else []
+
+
+def _append(path: Path | None, row: dict) -> None:
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    if path:
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+# -- (a) quality -------------------------------------------------------------------------------------
+ARMS = {"zero-shot": ("zero-shot", None), "bootstrap": ("bootstrap", None), "sharded-128": ("icm", 0),
+        "core-128": ("icm", 128), "core-256": ("icm", 256), "core-512": ("icm", 512)}
+
+
+def quality(args) -> None:
+    texts, gold = read_tsv(args.data)
+    if args.n:
+        texts, gold = texts[:args.n], gold[:args.n]
+    rows = [{"text": t} for t in texts]
+    out = Path(args.json) if args.json else None
+    have = {(r["arm"], r["seed"]) for r in _done(out)}
+    scorer = make_model(args)
+    print(machine())
+    for seed in args.seeds:
+        for arm in args.arms:
+            if (arm, seed) in have:
+                continue
+            method, core = ARMS[arm]
+            if arm.startswith("sharded-"):  # each shard of 128 its own whole search, as the job ran before
+                preds, wall, tokens = [], 0.0, 0
+                for s in range(0, len(rows), 128):
+                    p, w, t = run_one(scorer, rows[s:s + 128], "icm", seed, None, args.max_iters)
+                    preds += p
+                    wall, tokens = wall + w, tokens + t
+            else:
+                preds, wall, tokens = run_one(scorer, rows, method, seed, core, args.max_iters)
+            _append(out, {"arm": arm, "seed": seed, "n": len(rows), "wall_s": round(wall, 1), "lm_tokens": tokens,
+                          **scores(preds, gold)})
+    table_quality(_done(out) if out else [], args.arms)
+
+
+def table_quality(results: list[dict], arms: list[str]) -> None:
+    print(f"\n{'method':14} {'seeds':>5} {'accuracy':>15} {'ECE':>7} {'errors flagged':>14} {'wall s':>8} "
+          f"{'LM tokens':>11}")
+    for arm in arms:
+        rs = [r for r in results if r["arm"] == arm]
+        if not rs:
+            continue
+        acc = [r["accuracy"] for r in rs]
+        sd = f" ± {np.std(acc, ddof=1):.3f}" if len(rs) > 1 else ""
+        print(f"{arm:14} {len(rs):5d} {np.mean(acc):8.3f}{sd:>7} {np.mean([r['ece'] for r in rs]):7.3f} "
+              f"{np.mean([r['errors_in_flagged'] for r in rs]):14.2f} {np.mean([r['wall_s'] for r in rs]):8.0f} "
+              f"{np.mean([r['lm_tokens'] for r in rs]):11.0f}")
+
+
+# -- (b) cost growth ---------------------------------------------------------------------------------
+def cost(args) -> None:
+    texts = []
+    for f in args.texts:
+        texts += read_tsv(f)[0]
+    out = Path(args.json) if args.json else None
+    have = {(r["method"], r["n"]) for r in _done(out)}
+    scorer = make_model(args)
+    print(machine())
+    for n in args.sizes:
+        rows = [{"text": texts[i % len(texts)] + ("" if i < len(texts) else f" ({i // len(texts)})")}
+                for i in range(n)]  # repeated past the files' count, each copy a distinct text
+        for method in args.methods:
+            if (method, n) in have:
+                continue
+            preds, wall, tokens = run_one(scorer, rows, method, args.seed, SearchConfig.core_size, args.max_iters)
+            _append(out, {"method": method, "n": n, "wall_s": round(wall, 1), "tasks_per_s": round(n / wall, 3),
+                          "s_per_task": round(wall / n, 4), "lm_tokens": tokens,
+                          "side": "model server" if args.server else f"in process ({args.dtype})"})
+    results = _done(out) if out else []
+    print(f"\n{'method':10} {'tasks':>7} {'wall s':>8} {'tasks/s':>8} {'s/task':>7} {'x zero-shot':>11}")
+    for r in sorted(results, key=lambda r: (r["n"], r["method"])):
+        zs = next((z for z in results if z["n"] == r["n"] and z["method"] == "zero-shot"), None)
+        ratio = f"{r['s_per_task'] / zs['s_per_task']:11.1f}" if zs else f"{'-':>11}"
+        print(f"{r['method']:10} {r['n']:7d} {r['wall_s']:8.0f} {r['tasks_per_s']:8.2f} {r['s_per_task']:7.3f} {ratio}")
+
+
+# -- the number format -------------------------------------------------------------------------------
+def dtype(args) -> None:
+    texts, gold = read_tsv(args.data)
+    rows = [{"text": t} for t in texts[:args.n or 50]]
+    print(machine())
+    print(f"\n{'--dtype':8} {'ran as':7} {'zero-shot s':>11} {'accuracy':>8}")
+    for choice in ("auto", "fp32", "bf16"):
+        lm = load_lm(args.model, dtype=choice)
+        scorer = TransformersScorer(lm, LABELS)
+        label_rows(rows[:4], task="classify", labels=LABELS, method="zero-shot", model=scorer)  # warm-up
+        preds, wall, _ = run_one(scorer, rows, "zero-shot", 0, None)
+        acc = np.mean([LABELS.index(p.label) == g for p, g in zip(preds, gold)])
+        print(f"{choice:8} {lm.dtype:7} {wall:11.2f} {acc:8.3f}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--data", required=True)
+    q.add_argument("--n", type=int, help="first N rows only")
+    q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    q.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    c = sub.add_parser("cost")
+    c.add_argument("--texts", nargs="+", required=True)
+    c.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    c.add_argument("--methods", nargs="+", default=["zero-shot", "icm"])
+    c.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("dtype")
+    d.add_argument("--data", required=True)
+    d.add_argument("--n", type=int, default=50)
+    for p in (q, c, d):
+        p.add_argument("--model", default=None)
+        p.add_argument("--dtype", default="auto")
+        p.add_argument("--json", help="append results here (JSON lines); a rerun skips finished rows")
+        p.add_argument("--max-iters", type=int, help="cap the search (default: the engine's 20 x N)")
+    for p in (q, c):
+        add_server_args(p)
+    args = ap.parse_args()
+    {"quality": quality, "cost": cost, "dtype": dtype}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
