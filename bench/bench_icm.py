@@ -4,8 +4,9 @@
     python bench/bench_icm.py --datasets sst2 --seeds 0 --methods icm
 
 Results are appended to OUT/results.jsonl as each cell finishes (a rerun skips finished cells), then
-one table is printed. SST-2's test split in ../shared has no gold labels (its label column is a row
-index), so the SST-2 rows come from the dev split, rows 100-355, away from the 100 used in development.
+one table is printed. Every method runs through `label_rows` (what `icm-backend label` and the server run:
+the reported label and confidence are the assessed ones). SST-2's test split has no gold labels, so the
+SST-2 rows come from the dev split, rows 100-355, away from the 100 used in development.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from icm_backend.engine.evaluate import calibration
-from icm_backend.engine.labeler import run_method, to_predictions
+from icm_backend.engine.labeler import label_rows
 from icm_backend.commands.server_args import add_server_args, remote_scorer
 from icm_backend.engine.model import load_lm
 from icm_backend.engine.scorer import TransformersScorer
-from icm_backend.engine.search import ICMSearch, SearchConfig
+from icm_backend.engine.search import SearchConfig
 from icm_backend.engine.tasks import build_problem, gold_label
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+DATA = REPO / "data"
 METHODS = ["zero-shot", "random-fewshot", "bootstrap", "icm", "gold-fewshot"]
 
 
@@ -45,11 +46,11 @@ def whole_groups(rows: list[dict], n: int) -> list[dict]:
 
 def load_dataset(name: str, n_sst2: int, n_paper: int):
     if name == "sst2":
-        with open(SHARED / "sst2" / "dev.tsv", encoding="utf-8") as f:
+        with open(DATA / "sst2" / "dev.tsv", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[100:100 + n_sst2]
         return [{"text": r["text"]} for r in rows], [r["label"] for r in rows], "classify", ["negative", "positive"]
     file = {"truthfulqa": "test_truthfulqa.json", "gsm8k": "test_gsm8k.json", "alpaca": "test_alpaca.json"}[name]
-    rows = whole_groups(json.loads((SHARED / "paper" / file).read_text()), n_paper)
+    rows = whole_groups(json.loads((DATA / "paper" / file).read_text()), n_paper)
     gold = [r["label"] for r in rows]
     return [{k: v for k, v in r.items() if k != "label"} for r in rows], gold, name, None
 
@@ -78,7 +79,6 @@ def main() -> int:
             done[(r["dataset"], r["method"], r["seed"])] = r
     remote = remote_scorer(args)
     lm = remote or load_lm(args.model)
-    window = remote.context_window if remote else lm.context_window
     for dataset in args.datasets.split(","):
         rows, gold, task, labels = load_dataset(dataset, args.n_sst2, args.n_paper)
         problem = build_problem(rows, task, labels)
@@ -94,22 +94,18 @@ def main() -> int:
                 if (dataset, method, seed) in done:
                     continue
                 scorer = remote.fork() if remote else TransformersScorer(lm, problem.label_words)
-                if remote:
-                    scorer.set_labels(problem.label_words)
                 t0 = time.time()
+                ckpt = out / f"ckpt_{dataset}_{seed}.json"
+                # What ships: label_rows, as `icm-backend label` and the server run it (assessment included).
+                preds = label_rows(rows, task=task, labels=labels, method=method, model=scorer, seed=seed,
+                                   config=config, gold=gold if method == "gold-fewshot" else None,
+                                   checkpoint=ckpt if method == "icm" else None)
                 search_state = {}
-                if method == "icm":
-                    search = ICMSearch(problem, scorer, config, seed, out / f"ckpt_{dataset}_{seed}.json",
-                                       max_window=window)
-                    state = search.run()
-                    y = np.array(state.labels)
-                    rows_out = search.final_rows(y)
-                    search_state = {"iterations": state.iteration, "accepted": state.accepted,
-                                    "reference_tokens": state.reference_tokens,
-                                    "reference_tokens_same_context": state.reference_tokens_same_context}
-                else:
-                    y, rows_out = run_method(problem, scorer, method, seed, config, gold=gold, window=window)
-                preds = to_predictions(problem, y, rows_out, 0.6)
+                if method == "icm" and ckpt.exists():
+                    state = json.loads(ckpt.read_text())
+                    search_state = {k: state[k] for k in ("iteration", "accepted", "reference_tokens",
+                                                          "reference_tokens_same_context")}
+                    search_state["iterations"] = search_state.pop("iteration")
                 correct = np.array([p.label == g for p, g in zip(preds, gold_words)], dtype=float)
                 conf = np.array([p.confidence for p in preds])
                 ece, _ = calibration(conf, correct)

@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Callable
@@ -22,10 +20,8 @@ from icm_backend.engine.objective import calibrate_rows
 from icm_backend.engine.scorer import TransformersScorer
 from icm_backend.engine.search import ICMSearch, SearchConfig, fixed_indices
 from icm_backend.engine.tasks import Problem, build_problem, gold_label
-from icm_backend.engine.calibration import Assessment, Calibration, ReviewConfig, assess
-from icm_backend.engine.calibration import apply as apply_calibration, fit as fit_assessment
-from icm_backend.engine.consistency import RELATION_TEXT
-from icm_backend.engine.core import CoreState, chunk_rest, core_prefix, draw_core, one_pass_scores, pmi
+from icm_backend.engine.calibration import ReviewConfig, assess
+from icm_backend.engine.core import label_with_core
 from icm_backend.engine.types import INCONSISTENT, LOW_CONFIDENCE, Flag, Labelling, Prediction
 
 log = logging.getLogger(__name__)
@@ -122,128 +118,6 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
     return out
 
 
-def _remap(preds: list[Prediction], rows: list[int]) -> list[Prediction]:
-    """Predictions of a sub-problem (indices into `rows`) as predictions of the whole input."""
-    out = []
-    for p in preds:
-        i = rows[p.index]
-        flags = []
-        for f in p.flags:
-            if f.kind == INCONSISTENT:
-                others = tuple(rows[j] for j in f.rows)
-                reason = "; ".join(f"rows {i} and {j} {RELATION_TEXT.get(rel, 'conflict')}"
-                                   for j, rel in zip(others, f.relations))
-                f = Flag(f.kind, others, reason, f.relations)
-            flags.append(f)
-        out.append(Prediction(index=i, label=p.label, confidence=p.confidence, flags=flags, fixed=p.fixed))
-    return out
-
-
-def _sub_problem(problem: Problem, rows: list[dict], idx: list[int]) -> Problem:
-    return build_problem([rows[i] for i in idx], problem.task,
-                         problem.label_words if problem.task == "classify" else None)
-
-
-def label_with_core(rows: list[dict], problem: Problem, scorer, config: SearchConfig, seed: int, checkpoint,
-                    progress, fixed: dict[int, int], review: ReviewConfig, window, on_chunk) -> Labelling:
-    """ICM on a core, one pass for the rest (engine.core has the method and its cost)."""
-    n = len(problem.examples)
-    core = draw_core(problem, set(fixed), config.core_size, seed)
-    core_problem = _sub_problem(problem, rows, core)
-    core_fixed = {k: problem.label_words[fixed[i]] for k, i in enumerate(core) if i in fixed}
-    log.info("ICM on a core of %d rows (%d human labels), then one pass over the other %d", len(core),
-             len(core_fixed), n - len(core))
-    search = ICMSearch(core_problem, scorer, config, seed, checkpoint, "icm", max_window=window, fixed=core_fixed)
-    state = search.run(progress)
-    core_labels = np.array(state.labels)
-    # The one-pass contexts: the search's final order and the same resampled orders the core is assessed with.
-    rng = np.random.default_rng([seed, 104729])
-    orders = [list(search.plan.label_order)] + [search.context_order(rng) for _ in range(review.resamples)]
-    labels_of = {core[k]: int(y) for k, y in enumerate(core_labels)}
-    tokens_of = {core[k]: int(t) for k, t in enumerate(search.plan.block_tokens)}
-    prefixes = [core_prefix(problem, [core[k] for k in o], labels_of, tokens_of, search.plan.context_tokens)
-                for o in orders]
-    in_core = set(core)
-    chunks = chunk_rest(problem, [i for i in range(n) if i not in in_core], config.chunk_size, seed)
-    side = Path(str(checkpoint) + ".core.json") if checkpoint else None
-    h = hashlib.sha256(json.dumps([search.fingerprint, n, config.chunk_size, review.resamples]).encode())
-    for ex in problem.examples:
-        h.update(ex.prompt.encode())
-    cstate = CoreState.load(side, h.hexdigest()[:16])
-    resume = on_chunk is not None  # only a caller that kept the chunks it was handed may skip them
-    out: list[Prediction] = []
-    done = len(core)
-
-    def report(k: int) -> None:
-        if progress:
-            progress(done, n, f"one pass over the rest: chunk {k + 1}/{len(chunks)}, {done}/{n} rows labelled")
-
-    def chunk_rows(idx: list[int]) -> list[np.ndarray]:
-        got = one_pass_scores(problem, scorer, prefixes, idx)
-        if problem.multiclass:
-            got = [pmi(r, m) for r, m in zip(got, cstate.marginals)]
-        return got
-
-    # The fit: the core as assessed for a small project, plus the first chunk, scored as every later one.
-    first = chunks[0] if chunks else []
-    if not (resume and 0 in cstate.done_chunks and cstate.calibration):
-        core_rows = [search.final_rows(core_labels)] + search.resampled_rows(core_labels, review.resamples, seed)
-        raw = one_pass_scores(problem, scorer, prefixes + [""], first)
-        cstate.marginals = [np.exp(r).mean(axis=0).tolist() for r in raw]
-        if problem.multiclass:
-            raw = [pmi(r, m) for r, m in zip(raw, cstate.marginals)]
-        zero = np.concatenate([zero_shot_rows(core_problem, scorer), raw[-1]])
-        fit_idx = core + first
-        fit_problem = _sub_problem(problem, rows, fit_idx)
-        fit_fixed = {k: fixed[i] for k, i in enumerate(fit_idx) if i in fixed}
-        score_rows = [np.concatenate([c, r]) for c, r in zip(core_rows, raw[:-1])]
-        preds, assessment, calib = fit_assessment(fit_problem, score_rows, zero, fit_fixed, review,
-                                                  use_consistency=True)
-        cstate.calibration, cstate.assessment = calib.to_json(), assessment.to_json()
-        preds = _remap(preds, fit_idx)
-        done += len(first)
-        report(0)
-        if on_chunk is not None:
-            on_chunk(preds)
-        out += preds
-        cstate.done_chunks = [0]
-        cstate.save(side)
-    else:
-        done += len(first)
-    calib = Calibration.from_json(cstate.calibration)
-    for k, idx in enumerate(chunks[1:], start=1):
-        if resume and k in cstate.done_chunks:
-            done += len(idx)
-            continue
-        preds = _remap(apply_calibration(calib, _sub_problem(problem, rows, idx), chunk_rows(idx), True), idx)
-        done += len(idx)
-        report(k)
-        if on_chunk is not None:
-            on_chunk(preds)
-        out += preds
-        cstate.done_chunks.append(k)
-        cstate.save(side)
-    out.sort(key=lambda p: p.index)
-    result = Labelling(out)
-    result.assessment = _whole(Assessment(**cstate.assessment), out, problem, len(core) + len(first))
-    log.info("labelling assessed (fitted on the core and the first chunk, %d rows): %s",
-             len(core) + len(first), result.assessment.summary())
-    return result
-
-
-def _whole(fitted: Assessment, preds: list[Prediction], problem: Problem, fitted_on: int) -> Assessment:
-    """The fitted Assessment with the counts of the whole labelling (what a user reads per project)."""
-    free = [p for p in preds if not p.fixed]
-    words = problem.label_words
-    if free:
-        fitted.label_share = {w: round(sum(p.label == w for p in free) / len(free), 4) for w in words}
-        fitted.mean_confidence = round(float(np.mean([p.confidence for p in free])), 4)
-    fitted.flagged = sum(1 for p in preds if p.flags)
-    fitted.calibrated_on += f"; fitted on {fitted_on} of {len(problem.examples)} rows (the core and a random chunk)"
-    fitted.n = len(problem.examples)
-    return fitted
-
-
 def _clamp(labels: np.ndarray, fixed: dict[int, int] | None) -> np.ndarray:
     labels = np.array(labels)
     for i, y in (fixed or {}).items():
@@ -314,31 +188,3 @@ def bootstrap(problem: Problem, scorer, search: ICMSearch, rounds: int = 2, fixe
     return labels, rows
 
 
-def to_predictions(problem: Problem, labels: np.ndarray, rows: np.ndarray,
-                   review_threshold: float, fixed: dict[int, int] | None = None) -> list[Prediction]:
-    probs = np.exp(rows)
-    probs /= probs.sum(axis=1, keepdims=True)
-    cons = Consistency(problem)
-    conflicts: dict[int, list[int]] = {}
-    for i, j in cons.violations(labels):
-        conflicts.setdefault(i, []).append(j)
-        conflicts.setdefault(j, []).append(i)
-    preds = []
-    fixed = fixed or {}
-    for ex in problem.examples:
-        i = ex.index
-        if i in fixed:
-            preds.append(Prediction(index=i, label=problem.label_words[fixed[i]], confidence=1.0, fixed=True))
-            continue
-        y = int(labels[i])
-        conf = float(probs[i, y])
-        flags = []
-        if i in conflicts:
-            others = sorted(conflicts[i])
-            flags.append(Flag(INCONSISTENT, tuple(others), "; ".join(cons.describe(i, j) for j in others),
-                              tuple(cons.relation(i, j) for j in others)))
-        if conf < review_threshold:
-            flags.append(Flag(LOW_CONFIDENCE, (),
-                              f"confidence {conf:.2f} is below the review threshold {review_threshold:.2f}"))
-        preds.append(Prediction(index=i, label=problem.label_words[y], confidence=round(conf, 6), flags=flags))
-    return preds
