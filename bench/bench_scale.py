@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from icm_backend.commands.server_args import add_server_args, remote_scorer
-from icm_backend.engine.calibration import ReviewConfig
 from icm_backend.engine.labeler import label_rows
 from icm_backend.engine.model import NATIVE_BF16_FLAGS, cpu_flags, load_lm
 from icm_backend.engine.scorer import TransformersScorer

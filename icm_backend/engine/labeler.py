@@ -12,8 +12,6 @@ from typing import Callable
 
 import numpy as np
 
-from icm_backend.engine.consistency import UNLABELLED, Consistency
-from icm_backend.engine.context import ContextPlan, ScoreCache
 from icm_backend.errors import InputError
 from icm_backend.engine.model import LoadedLM, load_lm
 from icm_backend.engine.objective import calibrate_rows
@@ -22,7 +20,7 @@ from icm_backend.engine.search import ICMSearch, SearchConfig, fixed_indices
 from icm_backend.engine.tasks import Problem, build_problem, gold_label
 from icm_backend.engine.calibration import ReviewConfig, assess
 from icm_backend.engine.core import label_with_core
-from icm_backend.engine.types import INCONSISTENT, LOW_CONFIDENCE, Flag, Labelling, Prediction
+from icm_backend.engine.types import Labelling, Prediction
 
 log = logging.getLogger(__name__)
 
