@@ -187,16 +187,17 @@ class Loop:
         from icm_backend.engine.model import load_lm
         from icm_backend.finetune.data import TrainingRow, TrainingSet
         from icm_backend.finetune.lora import TrainConfig
-        from icm_backend.finetune.pipeline import train_and_gate
+        from icm_backend.finetune.pipeline import train_gate_promote
 
         ts = TrainingSet(rows=[TrainingRow(row=dict(self.rows[i]), label=y, source="human", task_id=i)
                                for i, y in sorted(self.reviewed.items())])
         cfg = TrainConfig(max_steps=self.args.train_steps, seed=self.args.seed, batch_size=self.args.train_batch,
                           context_tokens=self.args.train_context_tokens)
         try:
-            version, verdict = train_and_gate(ts, "classify", self.words, self.model_dir, self.args.model, cfg, "icm",
-                                              self.serving_path, self.serving_name, gate_max_iters=self.args.gate_iters,
-                                              progress=None)
+            gate = {"method": "icm", "serving_model": self.serving_path, "serving_name": self.serving_name,
+                    "max_iters": self.args.gate_iters}
+            version, verdict, _ = train_gate_promote(ts, "classify", self.words, self.model_dir, self.args.model, cfg,
+                                                     gate)
         except InputError as exc:  # e.g. every reviewed label the same: nothing to fine-tune on
             return None, str(exc)
         self.candidate = None if verdict.promoted else str(version.path)

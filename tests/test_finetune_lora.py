@@ -106,14 +106,25 @@ def test_cli_finetune_then_versions(tiny, tmp_path):
     out = tmp_path / "md"
     cmd = [sys.executable, "-m", "icm_backend.cli", "finetune", str(f), "--task", "classify", "--labels",
            "negative,positive", "--out", str(out), "--model", str(tiny), "--max-steps", "3"]
+    # the default: the promotion gate decides, as in the server's training; its verdict is said and stored
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    gated = json.loads(r.stdout.strip().splitlines()[-1])
+    assert gated["gate"] and "skipped" not in gated["gate"] and Path(gated["path"]).is_dir()
+    current = out / "versions" / "CURRENT"
+    assert (current.exists() and current.read_text().strip() == gated["version"]) == gated["current"]
+    assert json.loads((Path(gated["path"]) / "gate.json").read_text())["promoted"] == gated["current"]
+    # --no-gate: current at once, and it says plainly that nothing compared it
+    r = subprocess.run(cmd + ["--no-gate"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert "promotion gate skipped (--no-gate)" in r.stderr and res["gate"] == "skipped (--no-gate)"
     assert res["current"] and Path(res["path"]).is_dir() and res["steps"] == 3
-    assert (out / "versions" / "CURRENT").read_text().strip() == res["version"]
+    assert current.read_text().strip() == res["version"]
     r = subprocess.run([sys.executable, "-m", "icm_backend.cli", "versions", str(out)], capture_output=True,
                        text=True, cwd=REPO, timeout=120)
-    assert r.returncode == 0 and r.stdout.startswith(f"* {res['version']}")
+    assert r.returncode == 0 and f"* {res['version']}" in r.stdout.splitlines()[1]
+    assert "gate=promoted" in r.stdout.splitlines()[0] or "gate=kept" in r.stdout.splitlines()[0]  # the gated one
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a", "label": "maybe"}\n')
     r = subprocess.run(cmd[:4] + [str(bad)] + cmd[5:], capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -11,8 +11,9 @@ from icm_backend.errors import InputError
 def add_subcommands(subparsers) -> None:
     p = subparsers.add_parser(
         "finetune", help="fine-tune a LoRA version on labelled rows (JSON/JSONL/CSV/TSV with a 'label' field)",
-        description="Writes MODEL_DIR/versions/<version>/ and makes it current. Pass MODEL_DIR/versions/<version> "
-                    "(or MODEL_DIR itself) as --model to `icm-backend label`.")
+        description="Writes MODEL_DIR/versions/<version>/ and, if the promotion gate passes (the new version beats "
+                    "the serving one on the held-out labels, as the server's training does), makes it current. "
+                    "Pass MODEL_DIR/versions/<version> (or MODEL_DIR itself) as --model to `icm-backend label`.")
     p.add_argument("labels_file", metavar="LABELS", help="rows with their input fields and a 'label'")
     p.add_argument("--task", required=True, help="preset: classify, claims, comparison, ...")
     p.add_argument("--labels", default=None, help="label words, comma-separated (classify); a numeric label "
@@ -25,6 +26,9 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--holdout", type=float, default=0.2, help="held-out fraction for early stopping (0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-promote", action="store_true", help="write the version but do not make it current")
+    p.add_argument("--no-gate", action="store_true",
+                   help="make the version current without the promotion gate (it is NOT compared with the serving one)")
+    p.add_argument("--method", default="icm", help="the method the gate compares with (default icm, what serves)")
     p.set_defaults(func=run_finetune)
 
     v = subparsers.add_parser("versions", help="list fine-tuned versions of a MODEL_DIR, or pin one (rollback)")
@@ -38,9 +42,8 @@ def run_finetune(args) -> int:
 
     from icm_backend.finetune.data import training_set_from_file
     from icm_backend.finetune.lora import TrainConfig
-    from icm_backend.finetune.pipeline import train_version
+    from icm_backend.finetune.pipeline import base_model_of, gate_request, train_gate_promote
     from icm_backend.finetune.prompts import label_words
-    from icm_backend.versions import promote
 
     labels = label_words(args.task, [x.strip() for x in args.labels.split(",")] if args.labels else None)
     if args.max_steps < 1:
@@ -57,14 +60,20 @@ def run_finetune(args) -> int:
         bar.set_postfix(info, refresh=False)
         bar.refresh()
 
+    gate = None if args.no_gate else gate_request(args.out, base_model_of(args.model), args.method)
+    if gate and not args.holdout:
+        raise InputError("--holdout 0 leaves the promotion gate nothing to compare on: pass --no-gate to skip it")
     try:
-        v = train_version(ts, args.task, labels, args.out, args.model, cfg, progress)
+        v, verdict, promoted = train_gate_promote(ts, args.task, labels, args.out, args.model, cfg, gate, progress,
+                                                  may_promote=lambda: not args.no_promote)
     finally:
         bar.close()
-    if not args.no_promote:
-        promote(args.out, v.name)
+    if args.no_gate:
+        print("promotion gate skipped (--no-gate): the version was not compared with the serving one",
+              file=sys.stderr)
     best = v.metrics.get("heldout_best") or {}
-    print(json.dumps({"version": v.name, "path": str(v.path), "current": not args.no_promote,
+    print(json.dumps({"version": v.name, "path": str(v.path), "current": promoted,
+                      "gate": "skipped (--no-gate)" if verdict is None else verdict.reason,
                       "steps": v.metrics["steps"], "stopped": v.metrics["stopped"],
                       "heldout_accuracy_before": (v.metrics.get("heldout_before") or {}).get("accuracy"),
                       "heldout_accuracy_best": best.get("accuracy")}))

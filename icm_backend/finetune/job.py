@@ -182,13 +182,11 @@ class TrainJob:
 
     def _gate_request(self) -> dict:
         """What the promotion gate compares against: the version serving now, with the served method."""
-        from icm_backend.versions import served_model_path, served_version_name
+        from icm_backend.finetune.pipeline import gate_request
 
         cfg = self.backend.config
-        pin = getattr(cfg, "model_version_pin", None)
-        return {"method": cfg.method, "serving_model": served_model_path(cfg.model_dir, cfg.base_model, pin),
-                "serving_name": served_version_name(cfg.model_dir, cfg.base_model, pin),
-                "max_iters": getattr(cfg, "max_iters", None)}
+        return gate_request(cfg.model_dir, cfg.base_model, cfg.method, getattr(cfg, "model_version_pin", None),
+                            getattr(cfg, "max_iters", None))
 
     def _run_worker(self, ctx, spec_file, max_steps: int, summary: str) -> dict:
         from icm_backend.jobs.queue import JobCancelled

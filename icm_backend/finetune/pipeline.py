@@ -68,25 +68,43 @@ def train_version(ts: TrainingSet, task: str, labels: list[str], model_dir: str 
     return version
 
 
-def train_and_gate(ts: TrainingSet, task: str, labels: list[str], model_dir: str | Path, base_model: str | None,
-                   cfg: TrainConfig | None, method: str, serving_model: str, serving_name: str, progress=None,
-                   extra_metrics: dict | None = None, gate_max_iters: int | None = None):
-    """Train a version, then run the promotion gate (finetune.gate) on the held-out slice of the
-    accepted labels; record its verdict with the version and promote only if it passed.
-    Returns (VersionInfo, GateResult)."""
+def gate_request(model_dir: str | Path, base_model: str, method: str, pin: str | None = None,
+                 max_iters: int | None = None) -> dict:
+    """What the promotion gate compares a new version against: the version serving now (or `pin`), with
+    the method that serves. The server's training job and `icm-backend finetune` both ask this."""
+    from icm_backend.versions import served_model_path, served_version_name
+
+    return {"method": method, "serving_model": served_model_path(model_dir, base_model, pin),
+            "serving_name": served_version_name(model_dir, base_model, pin), "max_iters": max_iters}
+
+
+def train_gate_promote(ts: TrainingSet, task: str, labels: list[str], model_dir: str | Path,
+                       base_model: str | None, cfg: TrainConfig | None, gate_req: dict | None, progress=None,
+                       extra_metrics: dict | None = None, may_promote=None):
+    """The one train -> gate -> promote path (the server's worker, `icm-backend finetune`, bench_loop).
+
+    Train a version; with `gate_req` (see gate_request) run the promotion gate (finetune.gate) on the
+    held-out slice of the accepted labels, record its verdict with the version, and promote only if it
+    passed; without one (the CLI's --no-gate) promote unconditionally. `may_promote()`, if given, is asked
+    last (the worker: is the server that started me still there?). Returns (VersionInfo, verdict or None,
+    promoted)."""
     from icm_backend.finetune.gate import gate
     from icm_backend.versions import promote, record_gate
 
     cfg = cfg or TrainConfig()
     version = train_version(ts, task, labels, model_dir, base_model, cfg, progress, extra_metrics)
-    hold = set(version.metrics.get("heldout_index") or [])
-    pairs = [(r.row, r.label) for r in ts.rows]
-    train_pairs = [p for i, p in enumerate(pairs) if i not in hold]
-    hold_pairs = [p for i, p in enumerate(pairs) if i in hold]
-    verdict = gate(train_pairs, hold_pairs, task, labels if task == "classify" else None, method, serving_model,
-                   serving_name, str(version.path), seed=cfg.seed, max_iters=gate_max_iters)
-    record_gate(model_dir, version.name, verdict.to_json())
-    version.metrics["gate"] = verdict.to_json()
-    if verdict.promoted:
+    verdict = None
+    if gate_req:
+        hold = set(version.metrics.get("heldout_index") or [])
+        pairs = [(r.row, r.label) for r in ts.rows]
+        verdict = gate([p for i, p in enumerate(pairs) if i not in hold], [p for i, p in enumerate(pairs) if i in hold],
+                       task, labels if task == "classify" else None, gate_req["method"], gate_req["serving_model"],
+                       gate_req["serving_name"], str(version.path), seed=cfg.seed, max_iters=gate_req.get("max_iters"))
+        record_gate(model_dir, version.name, verdict.to_json())
+        version.metrics["gate"] = verdict.to_json()
+    promoted = verdict is None or verdict.promoted
+    if promoted and may_promote is not None and not may_promote():
+        return version, verdict, False
+    if promoted:
         promote(model_dir, version.name)
-    return version, verdict
+    return version, verdict, promoted

@@ -16,8 +16,7 @@ import sys
 from icm_backend.errors import InputError
 from icm_backend.finetune.data import TrainingRow, TrainingSet
 from icm_backend.finetune.lora import TrainConfig
-from icm_backend.finetune.pipeline import train_version
-from icm_backend.versions import promote
+from icm_backend.finetune.pipeline import train_gate_promote
 
 
 def die_with_parent() -> int:
@@ -48,41 +47,28 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"event": "progress", "step": step, "total": total, "info": info}), flush=True)
 
     gate = req.get("gate")  # {"method", "serving_model", "serving_name"}: promote only if the served method gains
+    gone = []
+
+    def still_wanted() -> bool:  # the job was failed meanwhile: keep the version on disk, do not serve it
+        if os.getppid() != parent:
+            gone.append(True)
+        return not gone
+
     try:
-        v = train_version(ts, req["task"], req["labels"], req["model_dir"], req.get("base_model"),
-                          TrainConfig(**req["config"]), progress, req.get("extra_metrics"))
-        verdict = None
-        if gate:
-            verdict = run_gate(ts, req, v, gate)
+        v, verdict, promoted = train_gate_promote(ts, req["task"], req["labels"], req["model_dir"],
+                                                  req.get("base_model"), TrainConfig(**req["config"]), gate,
+                                                  progress, req.get("extra_metrics"), may_promote=still_wanted)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if os.getppid() != parent:  # the job was failed meanwhile: keep the version on disk, do not serve it
+    if gone:
         print(f"error: server gone before version {v.name} could be made current", file=sys.stderr)
         return 3
-    promoted = verdict is None or verdict.promoted
-    if promoted:
-        promote(req["model_dir"], v.name)
     best = v.metrics.get("heldout_best") or {}
     print(json.dumps({"event": "done", "version": v.name, "steps": v.metrics["steps"],
                       "stopped": v.metrics["stopped"], "heldout_accuracy": best.get("accuracy"),
                       "promoted": promoted, "gate": verdict.reason if verdict else None}), flush=True)
     return 0
-
-
-def run_gate(ts: TrainingSet, req: dict, v, gate: dict):
-    """The promotion gate on the version's held-out slice; its verdict is stored with the version."""
-    from icm_backend.finetune.gate import gate as run
-    from icm_backend.versions import record_gate
-
-    hold = set(v.metrics.get("heldout_index") or [])
-    pairs = [(r.row, r.label) for r in ts.rows]
-    verdict = run([p for i, p in enumerate(pairs) if i not in hold], [p for i, p in enumerate(pairs) if i in hold],
-                  req["task"], req["labels"] if req["task"] == "classify" else None, gate["method"],
-                  gate["serving_model"], gate["serving_name"], str(v.path), seed=req["config"].get("seed", 0),
-                  max_iters=gate.get("max_iters"))
-    record_gate(req["model_dir"], v.name, verdict.to_json())
-    return verdict
 
 
 if __name__ == "__main__":
