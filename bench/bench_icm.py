@@ -4,7 +4,7 @@
     python bench/bench_icm.py --datasets sst2 --seeds 0 --methods icm
 
 Results are appended to OUT/results.jsonl as each cell finishes (a rerun skips finished cells), then
-one table is printed. SST-2's test split in ../shared has no gold labels (its label column is a row
+one table is printed. SST-2's test split (data/sst2) has no gold labels (its label column is a row
 index), so the SST-2 rows come from the dev split, rows 100-355, away from the 100 used in development.
 """
 
@@ -29,7 +29,7 @@ from icm_backend.engine.search import ICMSearch, SearchConfig
 from icm_backend.engine.tasks import build_problem, gold_label
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = REPO / "data"
 METHODS = ["zero-shot", "random-fewshot", "bootstrap", "icm", "gold-fewshot"]
 
 

@@ -158,16 +158,11 @@ class LabelStudioServer:
         self.stop()
 
 
-def sst2_rows(shared_dir: Path, n: int, start: int = 0) -> list[tuple[str, str]]:
+def sst2_rows(data_dir: Path, n: int, start: int = 0) -> list[tuple[str, str]]:
     """n SST-2 dev sentences from row `start` on, with their gold label as classify.xml spells it
     (Positive/Negative): the gold stays with the test, outside Label Studio."""
-    import pytest
-
-    path = shared_dir / "data" / "sst2" / "dev.tsv"
-    if not path.exists():
-        pytest.skip(f"SST-2 not found at {path}")
     out = []
-    for line in path.read_text().splitlines()[1 + start:1 + start + n]:
+    for line in (data_dir / "sst2" / "dev.tsv").read_text().splitlines()[1 + start:1 + start + n]:
         text, label = line.rsplit("\t", 1)
         out.append((text.strip(), "Positive" if label.strip() == "1" else "Negative"))
     return out
