@@ -1,7 +1,10 @@
-# Kept as run (from /tmp/flag, data at /work/shared/data, the editable icm_backend of this commit); see bench/RESULTS.md.
+# Kept as run (the editable icm_backend of this commit), but for its paths: they were a developer's absolute
+# paths and are now the repo's (data/sst2/dev.tsv, bench/results/); see bench/RESULTS.md.
 """Does fine-tuning on the random arm's 128 reviewed labels lift ICM on the other 384 tasks? (seed-0 state)"""
 import sys, json, csv, time, numpy as np
-sys.path.insert(0, "/work/main")
+from pathlib import Path
+REPO = Path(__file__).resolve().parents[3]  # the repo root
+sys.path.insert(0, str(REPO))
 from icm_backend.engine.labeler import label_rows
 from icm_backend.engine.search import SearchConfig
 from icm_backend.engine.calibration import ReviewConfig
@@ -11,10 +14,10 @@ from icm_backend.finetune.lora import TrainConfig
 from icm_backend.finetune.pipeline import train_version
 arm, steps, lr, holdout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 seed = int(sys.argv[5]) if len(sys.argv) > 5 else 0
-raw = list(csv.DictReader(open('/work/shared/data/sst2/dev.tsv'), delimiter='\t', quoting=csv.QUOTE_NONE))[:512]
+raw = list(csv.DictReader(open(REPO / 'data' / 'sst2' / 'dev.tsv'), delimiter='\t', quoting=csv.QUOTE_NONE))[:512]
 words = ["negative", "positive"]
 rows = [{"text": r["text"]} for r in raw]; gold = [words[int(r["label"])] for r in raw]
-st = json.load(open(f"/work/main/bench/results/issue11-cpu/state-{arm}-seed{seed}.json"))
+st = json.load(open(REPO / "bench" / "results" / "issue11-cpu" / f"state-{arm}-seed{seed}.json"))
 rev = {int(k): v for k, v in st["reviewed"].items()}
 free = [i for i in range(512) if i not in rev]
 t0 = time.time()
