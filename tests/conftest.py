@@ -4,7 +4,7 @@
   data/README.md) and the captured Label Studio requests in it.
 - `label_studio`: a REAL Label Studio 1.23.2 for the whole session (see tests/label_studio_harness.py):
   `.url`, `.token`, `.client` (label-studio-sdk LabelStudio), `.headers`, `.log_tail()`.
-  Skips when no label-studio binary is found (ICM_LABEL_STUDIO_BIN / .venv-ls / /opt/ls-venv).
+  Skips when no label-studio binary is found (ICM_LABEL_STUDIO_BIN / .venv-ls).
 """
 
 from __future__ import annotations

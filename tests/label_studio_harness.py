@@ -6,7 +6,7 @@ Reusable outside pytest too:
         ls.client.projects.create(...)
 
 Label Studio lives in its own venv (its deps clash with ours); the binary comes from env
-ICM_LABEL_STUDIO_BIN, else `.venv-ls/bin/label-studio` in the repo, else /opt/ls-venv/bin/label-studio.
+ICM_LABEL_STUDIO_BIN, else `.venv-ls/bin/label-studio` in the repo (`make ls-venv`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BINS = (REPO / ".venv-ls" / "bin" / "label-studio", Path("/opt/ls-venv/bin/label-studio"))
+DEFAULT_BINS = (REPO / ".venv-ls" / "bin" / "label-studio",)
 # Cold start with a fresh data dir runs all migrations (~25 s on a laptop); CI machines are slower.
 START_TIMEOUT_S = float(os.environ.get("ICM_LABEL_STUDIO_START_TIMEOUT", "240"))
 
