@@ -73,7 +73,9 @@ def vllm_server(tmp_path_factory):
 def in_process_app(tmp_path):
     """The backend's Flask app in process over a ModelHost with the given labeler/loader (fakes for unit
     tests); every app's job runner is stopped at teardown. Call as
-    in_process_app(labeler, loader=..., start_worker=True, model_name="smollm2-135m", **ServerConfig fields)."""
+    in_process_app(labeler, loader=..., start_worker=True, model_name="smollm2-135m", **ServerConfig fields)
+    (model_dir defaults to tmp_path/"model"; pass it for a second app with its own store). Build every
+    in-process app through this, so each one's runner is stopped."""
     from icm_backend.server.app import create_app, get_backend
     from icm_backend.server.config import ServerConfig
     from icm_backend.server.events import EventRegistry
@@ -82,7 +84,7 @@ def in_process_app(tmp_path):
     apps = []
 
     def make(labeler, loader=lambda name: name, start_worker=True, model_name="smollm2-135m", **overrides):
-        cfg = ServerConfig(model_dir=tmp_path / "model", model_name=model_name, **overrides)
+        cfg = ServerConfig(**{"model_dir": tmp_path / "model", "model_name": model_name, **overrides})
         app = create_app(cfg, host=ModelHost(cfg, labeler=labeler, loader=loader), events=EventRegistry(),
                          start_worker=start_worker)
         app.testing = True
