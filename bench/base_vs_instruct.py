@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="gemma3-270m,smollm2-135m")
     ap.add_argument("--rows", type=int, default=128)
     args = ap.parse_args(argv)
-    lines = (REPO.parent / "shared" / "data" / "sst2" / "dev.tsv").read_text().splitlines()[101:101 + args.rows]
+    lines = (REPO / "data" / "sst2" / "dev.tsv").read_text().splitlines()[101:101 + args.rows]
     rows = [{"text": line.split("\t")[0].strip(), "label": line.split("\t")[1]} for line in lines]
     inputs = [{"text": r["text"]} for r in rows]
     gold = [int(r["label"]) for r in rows]

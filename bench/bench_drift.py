@@ -1,7 +1,7 @@
 """One-class drift: how often ICM's label share departs from the calibrated marginal, and what the guard
 costs when the classes really are imbalanced.
 
-    python bench/bench_drift.py --data ../shared/data/sst2/dev.tsv --labels negative,positive \\
+    python bench/bench_drift.py --data data/sst2/dev.tsv --labels negative,positive \\
         --n 400 --mixes 0.5,0.8,0.2 --seeds 0,1 --json runs/drift.json
 
 For each mix (share of the first label) a set of N tasks is drawn from the file at that share (a fixed

@@ -3,7 +3,7 @@
     python bench/bench_finetune.py --model gemma3-270m --n-train 64 --n-test 256 --methods zero-shot,icm
 
 Trains a LoRA version on `--n-train` labelled SST-2 dev rows (the "accepted labels"; 1 = positive),
-then labels the first `--n-test` SST-2 test rows with each method using the base model and the new
+then labels `--n-test` other SST-2 dev rows (GLUE's test split has no labels) with each method using the base model and the new
 version, and prints accuracy before / after. Gold test labels are used only to score.
 """
 
@@ -58,8 +58,8 @@ def accuracy(model, rows: list[dict], method: str, seed: int, n_icm: int | None,
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="gemma3-270m")
-    ap.add_argument("--train", default="/work/shared/data/sst2/dev.tsv")
-    # /work/shared/data/sst2/test.tsv is GLUE's *unlabelled* test split (its "label" column is the row
+    ap.add_argument("--train", default=str(Path(__file__).resolve().parents[1] / "data" / "sst2" / "dev.tsv"))
+    # data/sst2/test.tsv is GLUE's *unlabelled* test split (its "label" column is the row
     # index 0..1820), so the default test set is dev rows disjoint from the training rows.
     ap.add_argument("--test", default="dev-holdout",
                     help="a labelled TSV, or dev-holdout: dev rows not used for training")

@@ -1,6 +1,6 @@
 """The review loop, measured round by round: does every accepted label make the next predictions better?
 
-    python bench/bench_loop.py --data ../shared/data/sst2/dev.tsv --labels negative,positive \\
+    python bench/bench_loop.py --data data/sst2/dev.tsv --labels negative,positive \\
         --n 512 --rounds 4 --per-round 32 --seed 0 --json runs/loop/seed0.json
 
 TSV with header `text<TAB>label`; the label column is the simulated reviewer (a label word, or an index

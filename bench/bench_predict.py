@@ -35,7 +35,7 @@ CONFIG_XML = (REPO / "label_config" / "classify.xml").read_text()
 
 
 def sst2_tasks(n: int, start_id: int = 1) -> list[dict]:
-    path = Path(os.environ.get("ICM_SHARED_DIR", REPO.parent / "shared")) / "data" / "sst2" / "dev.tsv"
+    path = REPO / "data" / "sst2" / "dev.tsv"
     lines = path.read_text().splitlines()[1:]
     return [{"id": start_id + i, "data": {"text": lines[i % len(lines)].split("\t")[0].strip()}} for i in range(n)]
 

@@ -32,13 +32,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 CONFIG_XML = (REPO / "label_config" / "classify.xml").read_text()
-SHARED = Path(os.environ.get("ICM_SHARED_DIR", REPO.parent / "shared"))
+DATA = REPO / "data"
 LABELS = {"1": "Positive", "0": "Negative"}
 
 
 def sst2(split: str) -> list[tuple[str, str | None]]:
     """(text, gold label or None). test.tsv has no gold labels (its label column is a row index)."""
-    lines = (SHARED / "data" / "sst2" / f"{split}.tsv").read_text().splitlines()[1:]
+    lines = (DATA / "sst2" / f"{split}.tsv").read_text().splitlines()[1:]
     out = []
     for line in lines:
         text, label = line.rsplit("\t", 1)

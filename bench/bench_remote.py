@@ -34,7 +34,7 @@ MODEL = "gemma3-270m"
 
 
 def sst2_rows(start: int = 100, n: int = 256):
-    path = REPO.parent / "shared" / "data" / "sst2" / "dev.tsv"
+    path = REPO / "data" / "sst2" / "dev.tsv"
     lines = path.read_text().splitlines()[1 + start:1 + start + n]
     parts = [line.split("\t") for line in lines]
     return [{"text": p[0].strip()} for p in parts], [int(p[1]) for p in parts]

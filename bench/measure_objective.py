@@ -20,7 +20,7 @@ from icm_backend.engine.objective import Objective
 from icm_backend.engine.scorer import TransformersScorer
 from icm_backend.engine.tasks import build_problem
 
-DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2" / "dev.tsv"
+DEV = Path(__file__).resolve().parents[1] / "data" / "sst2" / "dev.tsv"
 
 
 def main() -> None:

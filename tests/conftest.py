@@ -1,10 +1,10 @@
 """Shared fixtures. Add yours below; do not rewrite others'.
 
-- `shared_dir` / `ls_fixtures_dir`: the shared data and captured Label Studio requests
-  (../shared relative to the repo root, as in CI).
+- `data_dir` / `ls_fixtures_dir`: the repo's data/ (SST-2, the paper's rows the tests read, see
+  data/README.md) and the captured Label Studio requests in it.
 - `label_studio`: a REAL Label Studio 1.23.2 for the whole session (see tests/label_studio_harness.py):
   `.url`, `.token`, `.client` (label-studio-sdk LabelStudio), `.headers`, `.log_tail()`.
-  Skips when no label-studio binary is found (ICM_LABEL_STUDIO_BIN / .venv-ls / /opt/ls-venv).
+  Skips when no label-studio binary is found (ICM_LABEL_STUDIO_BIN / .venv-ls).
 """
 
 from __future__ import annotations
@@ -23,16 +23,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    return Path(os.environ.get("ICM_SHARED_DIR", REPO.parent / "shared"))
+def data_dir() -> Path:
+    """In the repo, so a clone runs every test that reads data (none skips for want of it)."""
+    return REPO / "data"
 
 
 @pytest.fixture(scope="session")
-def ls_fixtures_dir(shared_dir) -> Path:
-    d = shared_dir / "fixtures" / "label-studio-1.23.2"
-    if not d.is_dir():
-        pytest.skip(f"captured Label Studio requests not found at {d}")
-    return d
+def ls_fixtures_dir(data_dir) -> Path:
+    return data_dir / "label-studio-1.23.2"
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +73,9 @@ def vllm_server(tmp_path_factory):
 def in_process_app(tmp_path):
     """The backend's Flask app in process over a ModelHost with the given labeler/loader (fakes for unit
     tests); every app's job runner is stopped at teardown. Call as
-    in_process_app(labeler, loader=..., start_worker=True, model_name="smollm2-135m", **ServerConfig fields)."""
+    in_process_app(labeler, loader=..., start_worker=True, model_name="smollm2-135m", **ServerConfig fields)
+    (model_dir defaults to tmp_path/"model"; pass it for a second app with its own store). Build every
+    in-process app through this, so each one's runner is stopped."""
     from icm_backend.server.app import create_app, get_backend
     from icm_backend.server.config import ServerConfig
     from icm_backend.server.events import EventRegistry
@@ -84,7 +84,7 @@ def in_process_app(tmp_path):
     apps = []
 
     def make(labeler, loader=lambda name: name, start_worker=True, model_name="smollm2-135m", **overrides):
-        cfg = ServerConfig(model_dir=tmp_path / "model", model_name=model_name, **overrides)
+        cfg = ServerConfig(**{"model_dir": tmp_path / "model", "model_name": model_name, **overrides})
         app = create_app(cfg, host=ModelHost(cfg, labeler=labeler, loader=loader), events=EventRegistry(),
                          start_worker=start_worker)
         app.testing = True

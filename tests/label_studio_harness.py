@@ -6,7 +6,7 @@ Reusable outside pytest too:
         ls.client.projects.create(...)
 
 Label Studio lives in its own venv (its deps clash with ours); the binary comes from env
-ICM_LABEL_STUDIO_BIN, else `.venv-ls/bin/label-studio` in the repo, else /opt/ls-venv/bin/label-studio.
+ICM_LABEL_STUDIO_BIN, else `.venv-ls/bin/label-studio` in the repo (`make ls-venv`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BINS = (REPO / ".venv-ls" / "bin" / "label-studio", Path("/opt/ls-venv/bin/label-studio"))
+DEFAULT_BINS = (REPO / ".venv-ls" / "bin" / "label-studio",)
 # Cold start with a fresh data dir runs all migrations (~25 s on a laptop); CI machines are slower.
 START_TIMEOUT_S = float(os.environ.get("ICM_LABEL_STUDIO_START_TIMEOUT", "240"))
 
@@ -158,16 +158,11 @@ class LabelStudioServer:
         self.stop()
 
 
-def sst2_rows(shared_dir: Path, n: int, start: int = 0) -> list[tuple[str, str]]:
+def sst2_rows(data_dir: Path, n: int, start: int = 0) -> list[tuple[str, str]]:
     """n SST-2 dev sentences from row `start` on, with their gold label as classify.xml spells it
     (Positive/Negative): the gold stays with the test, outside Label Studio."""
-    import pytest
-
-    path = shared_dir / "data" / "sst2" / "dev.tsv"
-    if not path.exists():
-        pytest.skip(f"SST-2 not found at {path}")
     out = []
-    for line in path.read_text().splitlines()[1 + start:1 + start + n]:
+    for line in (data_dir / "sst2" / "dev.tsv").read_text().splitlines()[1 + start:1 + start + n]:
         text, label = line.rsplit("\t", 1)
         out.append((text.strip(), "Positive" if label.strip() == "1" else "Negative"))
     return out

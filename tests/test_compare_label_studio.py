@@ -43,7 +43,7 @@ def _choice(label, name="label"):
 @pytest.fixture(scope="module")
 def ls(tmp_path_factory):
     if harness.find_label_studio_bin() is None:
-        pytest.skip("label-studio binary not found (ICM_LABEL_STUDIO_BIN, .venv-ls or /opt/ls-venv)")
+        pytest.skip("label-studio binary not found (ICM_LABEL_STUDIO_BIN or .venv-ls)")
     server = harness.LabelStudioServer.start(tmp_path_factory.mktemp("ls-compare"))
     yield server
     server.stop()

@@ -21,8 +21,8 @@ def cli(*args, timeout=600, **kw):
 
 
 @pytest.fixture(scope="module")
-def sst2_rows(shared_dir):
-    with open(shared_dir / "data" / "sst2" / "dev.tsv", encoding="utf-8") as f:
+def sst2_rows(data_dir):
+    with open(data_dir / "sst2" / "dev.tsv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     return rows[:16]
 

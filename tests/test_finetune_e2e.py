@@ -36,18 +36,18 @@ def train_jobs(backend, project: int) -> list[dict]:
     return [j for j in jobs if j["kind"] == "train"]
 
 
-def test_finetune_e2e(label_studio, shared_dir, tmp_path):
+def test_finetune_e2e(label_studio, data_dir, tmp_path):
     ls = label_studio.client
     model_dir = tmp_path / "model"
     backend = BackendProcess(port=free_port(), model_dir=model_dir,
                              env=backend_env(label_studio, ICM_TRAIN_MAX_STEPS="3")).start()
     with stopped_after(backend, label_studio, backend_log_chars=20000):
-        _run(ls, label_studio, backend, shared_dir, model_dir, tmp_path)
+        _run(ls, label_studio, backend, data_dir, model_dir, tmp_path)
 
 
-def _run(ls, label_studio, backend, shared_dir, model_dir, tmp_path) -> None:
+def _run(ls, label_studio, backend, data_dir, model_dir, tmp_path) -> None:
     config = (REPO / "label_config" / "classify.xml").read_text()
-    rows = sst2_rows(shared_dir, N_TASKS)
+    rows = sst2_rows(data_dir, N_TASKS)
     project = ls.projects.create(title="icm finetune e2e", label_config=config)
     ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in rows])
     tasks = sorted(ls.tasks.list(project=project.id, page_size=100), key=lambda t: t.id)

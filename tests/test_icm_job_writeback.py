@@ -13,12 +13,7 @@ from __future__ import annotations
 import pytest
 
 from fake_labeler import fake_label_rows
-from icm_backend.engine.types import Prediction
-from icm_backend.labelstudio.config import parse_label_config
-from icm_backend.labelstudio import results as P
-from icm_backend.server.app import create_app, get_backend
-from icm_backend.server.config import ServerConfig
-from icm_backend.server.model_host import ModelHost
+from icm_backend.server.app import get_backend
 from test_server_protocol import CLASSIFY_XML
 
 VERSION = "icm-smollm2-135m"
@@ -67,12 +62,11 @@ class FakeLS:
 
 
 @pytest.fixture
-def make(tmp_path, monkeypatch):
+def make(in_process_app, monkeypatch):
     monkeypatch.setattr("icm_backend.server.icm_job._backoff", lambda attempt: None)  # retry back-off
 
     def make(ls: FakeLS, labeler=fake_label_rows, **cfg):
-        config = ServerConfig(model_dir=tmp_path / "model", model_name="smollm2-135m", **cfg)
-        app = create_app(config, host=ModelHost(config, labeler=labeler), start_worker=False)
+        app = in_process_app(labeler, start_worker=False, **cfg)
         backend = get_backend(app)
         monkeypatch.setattr(backend.icm, "ls_for", lambda project: ls)
         return app, backend

@@ -52,7 +52,7 @@ def dm_tasks(server, project_id: int, ordering: list[str] | None = None) -> list
 
 
 @pytest.fixture(scope="module")
-def labelled(label_studio, shared_dir, tmp_path_factory):
+def labelled(label_studio, data_dir, tmp_path_factory):
     """A 40-task project after Retrieve and the job's end: (project id, served version, backend, retrieve s)."""
     ls = label_studio.client
     work = tmp_path_factory.mktemp("score-column")
@@ -65,7 +65,7 @@ def labelled(label_studio, shared_dir, tmp_path_factory):
     backend.start()
     try:
         project = ls.projects.create(title="icm score column", label_config=CONFIG)
-        ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in sst2_rows(shared_dir, N_TASKS)])
+        ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in sst2_rows(data_dir, N_TASKS)])
         ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")
         version = requests.get(backend.url + "/health", timeout=2).json()["model_version"]
         took = retrieve(ls, project.id)
@@ -150,7 +150,7 @@ def test_browser_data_manager_shows_prediction_scores(labelled, label_studio, tm
     assert shown_scores == sorted(shown_scores), rows
 
 
-def test_a_failed_job_leaves_no_predictions_and_says_why(label_studio, shared_dir, tmp_path):
+def test_a_failed_job_leaves_no_predictions_and_says_why(label_studio, data_dir, tmp_path):
     """A model that cannot load: Retrieve still answers at once, LS stores nothing (no empty predictions that
     look like success), and the job's failure and its reason are in /jobs."""
     ls = label_studio.client
@@ -160,7 +160,7 @@ def test_a_failed_job_leaves_no_predictions_and_says_why(label_studio, shared_di
     backend.start()
     try:
         project = ls.projects.create(title="icm broken model", label_config=CONFIG)
-        ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in sst2_rows(shared_dir, 10)])
+        ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in sst2_rows(data_dir, 10)])
         ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")
         assert retrieve(ls, project.id) < 10
 

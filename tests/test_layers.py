@@ -87,3 +87,51 @@ def test_the_layering_test_catches_a_violation(tmp_path):
     bad = tmp_path / "x.py"
     bad.write_text("from icm_backend.server.app import create_app\nimport icm_backend.jobs.queue\n")
     assert imported_parts(bad) == {("server", 1), ("jobs", 2)}
+
+
+README = PKG.parent / "README.md"
+
+
+def readme_map(text: str) -> list[tuple[str, str]]:
+    """(first cell, second cell) of each row of README's "Where things are" table."""
+    section = text.split("## Where things are", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 2 and not set(cells[0]) <= {"-"}:
+            rows.append((cells[0], cells[1]))
+    return rows
+
+
+def unnamed_modules(text: str, pkg: Path = PKG) -> list[str]:
+    """Modules under pkg that the map does not name: `icm_backend/x.py` (or `x.py`) in a row's folder cell
+    for a top-level module; for `icm_backend/sub/m.py`, a row whose folder cell is `icm_backend/sub/` and
+    whose description names `m` in backticks (the package's own __init__.py is named by its row)."""
+    rows = readme_map(text)
+    missing = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg)
+        if len(rel.parts) == 1:
+            named = any(f"`{pkg.name}/{rel.name}`" in where or f"`{rel.name}`" in where for where, _ in rows)
+        else:
+            folder = f"`{pkg.name}/{'/'.join(rel.parts[:-1])}/`"
+            descs = [what for where, what in rows if folder in where]
+            named = bool(descs) and (path.name == "__init__.py" or any(f"`{path.stem}`" in d for d in descs))
+        if not named:
+            missing.append(str(rel))
+    return missing
+
+
+def test_readme_map_names_every_module():
+    missing = unnamed_modules(README.read_text(encoding="utf-8"))
+    assert not missing, f"README's 'Where things are' table does not name {missing}: add them (one line each)"
+
+
+def test_the_map_test_catches_an_unnamed_module(tmp_path):
+    pkg = tmp_path / "icm_backend"
+    (pkg / "engine").mkdir(parents=True)
+    for rel in ("__init__.py", "cli.py", "engine/__init__.py", "engine/model.py", "engine/tokens.py"):
+        (pkg / rel).write_text("")
+    text = ("## Where things are\n\n| folder | what |\n|---|---|\n| `icm_backend/__init__.py` | library |\n"
+            "| `icm_backend/engine/` | `model` (an LM) and tokens |\n\n## Next\n| `cli.py` | not the map |\n")
+    assert unnamed_modules(text, pkg) == ["cli.py", "engine/tokens.py"]

@@ -20,7 +20,7 @@ def test_auto_is_bf16_without_cuda():
         _want_4bit("8bit")
 
 
-def test_4bit_nf4_loads_and_scores_like_bf16(shared_dir):
+def test_4bit_nf4_loads_and_scores_like_bf16(data_dir):
     pytest.importorskip("bitsandbytes")
     import bitsandbytes as bnb
 
@@ -28,7 +28,7 @@ def test_4bit_nf4_loads_and_scores_like_bf16(shared_dir):
     assert lm4.quantization == "nf4"
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in lm4.model.modules())
     lm16 = load_lm("smollm2-135m", quantize="none")
-    lines = (shared_dir / "data" / "sst2" / "dev.tsv").read_text().splitlines()[1:13]
+    lines = (data_dir / "sst2" / "dev.tsv").read_text().splitlines()[1:13]
     targets = [f"Text: {line.split(chr(9))[0]}\nLabel:" for line in lines]
     a = TransformersScorer(lm4, ["negative", "positive"]).score("", targets)
     b = TransformersScorer(lm16, ["negative", "positive"]).score("", targets)

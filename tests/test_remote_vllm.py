@@ -29,11 +29,8 @@ LABELS = ["negative", "positive"]
 RESULTS: dict = {}
 
 
-def sst2_dev(shared_dir: Path, start: int, n: int) -> tuple[list[dict], list[int]]:
-    path = shared_dir / "data" / "sst2" / "dev.tsv"
-    if not path.exists():
-        pytest.skip(f"SST-2 dev split not found at {path}")
-    lines = path.read_text().splitlines()[1 + start:1 + start + n]
+def sst2_dev(data_dir: Path, start: int, n: int) -> tuple[list[dict], list[int]]:
+    lines = (data_dir / "sst2" / "dev.tsv").read_text().splitlines()[1 + start:1 + start + n]
     rows = [line.split("\t") for line in lines]
     return [{"text": r[0].strip()} for r in rows], [int(r[1]) for r in rows]
 
@@ -60,8 +57,8 @@ def _record(key: str, value) -> None:
         Path(out).write_text(json.dumps(RESULTS, indent=2))
 
 
-def test_zero_shot_parity_256_rows(shared_dir, local_lm, remote):
-    rows, _ = sst2_dev(shared_dir, 0, 256)
+def test_zero_shot_parity_256_rows(data_dir, local_lm, remote):
+    rows, _ = sst2_dev(data_dir, 0, 256)
     problem = build_problem(rows, "classify", LABELS)
     prompts = [ex.prompt for ex in problem.examples]
     local = TransformersScorer(local_lm, problem.label_words)
@@ -79,9 +76,9 @@ def test_zero_shot_parity_256_rows(shared_dir, local_lm, remote):
     assert diff.mean() < 0.01
 
 
-def test_in_context_prefix_parity(shared_dir, local_lm, remote):
+def test_in_context_prefix_parity(data_dir, local_lm, remote):
     """With a shared labelled prefix, as ICM scores: the same rows (the prefix goes through vLLM's cache)."""
-    rows, gold = sst2_dev(shared_dir, 300, 40)
+    rows, gold = sst2_dev(data_dir, 300, 40)
     problem = build_problem(rows, "classify", LABELS)
     prompts = [ex.prompt for ex in problem.examples]
     prefix = "".join(f"{p} {LABELS[g]}\n\n" for p, g in zip(prompts[:8], gold[:8]))
@@ -94,8 +91,8 @@ def test_in_context_prefix_parity(shared_dir, local_lm, remote):
     assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.95 and diff.mean() < 0.01
 
 
-def test_icm_64_rows_local_vs_vllm(shared_dir, local_lm, remote):
-    rows, gold = sst2_dev(shared_dir, 400, 64)
+def test_icm_64_rows_local_vs_vllm(data_dir, local_lm, remote):
+    rows, gold = sst2_dev(data_dir, 400, 64)
     acc = {}
     for name, model in (("local", local_lm), ("vllm", remote)):
         preds = label_rows(rows, task="classify", labels=LABELS, method="icm", model=model, seed=0)

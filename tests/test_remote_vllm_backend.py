@@ -21,14 +21,11 @@ N_TASKS = 30
 CORE, CHUNK = 10, 2  # ICM on 10 tasks, then the other 20 in chunks of 2
 
 
-def sst2(shared_dir: Path, n: int) -> list[dict]:
-    path = shared_dir / "data" / "sst2" / "dev.tsv"
-    if not path.exists():
-        pytest.skip(f"SST-2 not found at {path}")
-    return [{"text": line.split("\t")[0].strip()} for line in path.read_text().splitlines()[1:n + 1]]
+def sst2(data_dir: Path, n: int) -> list[dict]:
+    return [{"text": line.split("\t")[0].strip()} for line in (data_dir / "sst2" / "dev.tsv").read_text().splitlines()[1:n + 1]]
 
 
-def test_project_job_on_vllm_survives_a_vllm_crash(label_studio, vllm_server, shared_dir, tmp_path):
+def test_project_job_on_vllm_survives_a_vllm_crash(label_studio, vllm_server, data_dir, tmp_path):
     ls = label_studio.client
     backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
         "ICM_SERVER_URL": vllm_server.base_url, "ICM_MODEL": "gemma3-270m", "ICM_SERVER_RETRY_S": "900",
@@ -38,7 +35,7 @@ def test_project_job_on_vllm_survives_a_vllm_crash(label_studio, vllm_server, sh
     })
     backend.start()
     try:
-        _run(ls, backend, vllm_server, shared_dir)
+        _run(ls, backend, vllm_server, data_dir)
     except Exception:
         print("---- backend log ----\n" + backend.log_tail())
         print("---- vLLM log ----\n" + vllm_server.log_tail(3000))
@@ -53,9 +50,9 @@ def _job(backend, job_id) -> dict:
     return requests.get(f"{backend.url}/jobs/{job_id}", timeout=5).json()
 
 
-def _run(ls, backend: BackendProcess, vllm, shared_dir: Path) -> None:
+def _run(ls, backend: BackendProcess, vllm, data_dir: Path) -> None:
     project = ls.projects.create(title="icm on vllm", label_config=(REPO / "label_config" / "classify.xml").read_text())
-    ls.projects.import_tasks(id=project.id, request=sst2(shared_dir, N_TASKS))
+    ls.projects.import_tasks(id=project.id, request=sst2(data_dir, N_TASKS))
     task_ids = sorted(t.id for t in ls.tasks.list(project=project.id, page_size=100))
     ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")
     version = requests.get(backend.url + "/health", timeout=2).json()["model_version"]

@@ -36,7 +36,7 @@ N_ANNOTATED = 16
 N_HELD_OUT = 8  # ICM_TRAIN_HOLDOUT_FRACTION=0.5: at the default 0.2, 3 rows, and only 3 of 3 could pass the gate
 
 
-def test_review_loop_e2e(label_studio, shared_dir, tmp_path):
+def test_review_loop_e2e(label_studio, data_dir, tmp_path):
     backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
         "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"), "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token, "ICM_METHOD": "icm", "ICM_MAX_ITERS": "64",
@@ -44,7 +44,7 @@ def test_review_loop_e2e(label_studio, shared_dir, tmp_path):
         "ICM_TRAIN_BATCH_SIZE": "4", "ICM_TRAIN_LR": "1e-3", "ICM_TRAIN_HOLDOUT_FRACTION": "0.5", "LOG_LEVEL": "INFO"})
     backend.start()
     with stopped_after(backend, label_studio, backend_log_chars=20000):
-        _run(label_studio, backend, shared_dir, tmp_path)
+        _run(label_studio, backend, data_dir, tmp_path)
 
 
 def _jobs(backend, project: int, kind: str) -> list[dict]:
@@ -139,11 +139,11 @@ def _look_in_the_browser(label_studio, project: int, serving: str, scores: dict[
     assert in_order == sorted(in_order), shown_scores  # the review order: least confident first
 
 
-def sst2_project(ls, backend, shared_dir: Path, title: str, n: int) -> tuple[int, dict[int, str], object, str]:
+def sst2_project(ls, backend, data_dir: Path, title: str, n: int) -> tuple[int, dict[int, str], object, str]:
     """An LS project of n SST-2 dev rows (classify.xml) connected to the backend: (project id, gold labels by task
     id, kept outside Label Studio; the ML backend; the version serving now)."""
     config = (REPO / "label_config" / "classify.xml").read_text()
-    rows = sst2_rows(shared_dir, n, start=200)
+    rows = sst2_rows(data_dir, n, start=200)
     project = ls.projects.create(title=title, label_config=config).id
     ls.projects.import_tasks(id=project, request=[{"text": t} for t, _ in rows])
     tasks = sorted(ls.tasks.list(project=project, page_size=100), key=lambda t: t.id)
@@ -152,9 +152,9 @@ def sst2_project(ls, backend, shared_dir: Path, title: str, n: int) -> tuple[int
     return project, gold, ml, requests.get(backend.url + "/health", timeout=2).json()["model_version"]
 
 
-def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path) -> None:
+def _run(label_studio, backend: BackendProcess, data_dir: Path, tmp_path: Path) -> None:
     ls = label_studio.client
-    project, gold, ml, base = sst2_project(ls, backend, shared_dir, "icm review loop e2e", N_TASKS)
+    project, gold, ml, base = sst2_project(ls, backend, data_dir, "icm review loop e2e", N_TASKS)
 
     first = _label_all(ls, backend, project, base, 0)
     assert set(first["preds"]) == set(gold)

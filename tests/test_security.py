@@ -158,8 +158,7 @@ def test_webhook_secret_is_random_not_derived_from_the_password(make_app, tmp_pa
     derived = hashlib.sha256(b"icm-webhook:ls:pw").hexdigest()[:24]
     assert secret and secret != derived and len(secret) >= 24
     assert (tmp_path / "model" / "webhook_secret").read_text().strip() == secret  # stable across restarts
-    other = create_app(ServerConfig(model_dir=tmp_path / "other", basic_auth_user="ls", basic_auth_pass="pw"),
-                       host=ModelHost(ServerConfig(), labeler=fake_label_rows), start_worker=False)
+    other = make_app(model_dir=tmp_path / "other", basic_auth_user="ls", basic_auth_pass="pw", start_worker=False)
     assert get_backend(other).config.webhook_secret != secret  # same credentials, another secret
     ev = {"action": "ANNOTATION_CREATED", "project": {"id": 1}}
     assert app.test_client().post(f"/webhook/{secret}", json=ev).status_code == 200

@@ -28,7 +28,7 @@ CORE, CHUNK = 10, 2  # ICM on 10 tasks, then the other 20 in chunks of 2: a long
 METHOD = os.environ.get("ICM_E2E_METHOD", "icm")
 
 
-def test_label_studio_e2e(label_studio, shared_dir, tmp_path):
+def test_label_studio_e2e(label_studio, data_dir, tmp_path):
     ls = label_studio.client
     backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
         "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"),
@@ -38,12 +38,12 @@ def test_label_studio_e2e(label_studio, shared_dir, tmp_path):
     })
     backend.start()
     with stopped_after(backend, label_studio):
-        _run(ls, label_studio, backend, shared_dir)
+        _run(ls, label_studio, backend, data_dir)
 
 
-def _run(ls, label_studio, backend: BackendProcess, shared_dir: Path) -> None:
+def _run(ls, label_studio, backend: BackendProcess, data_dir: Path) -> None:
     project = ls.projects.create(title="icm e2e sst2", label_config=(REPO / "label_config" / "classify.xml").read_text())
-    ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in sst2_rows(shared_dir, N_TASKS)])
+    ls.projects.import_tasks(id=project.id, request=[{"text": t} for t, _ in sst2_rows(data_dir, N_TASKS)])
     task_ids = sorted(t.id for t in ls.tasks.list(project=project.id, page_size=100))
     assert len(task_ids) == N_TASKS
     ls.ml.create(url=backend.url, project=project.id, is_interactive=False, title="icm")

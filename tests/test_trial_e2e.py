@@ -38,7 +38,7 @@ N_TASKS = 40
 N_ANNOTATED = 16
 
 
-def test_trial_e2e(label_studio, shared_dir, tmp_path):
+def test_trial_e2e(label_studio, data_dir, tmp_path):
     backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
         "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"), "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token, "ICM_METHOD": "icm", "ICM_MAX_ITERS": "64",
@@ -47,7 +47,7 @@ def test_trial_e2e(label_studio, shared_dir, tmp_path):
         "LOG_LEVEL": "INFO"})
     backend.start()
     with stopped_after(backend, label_studio, backend_log_chars=20000):
-        _run(label_studio, backend, shared_dir, tmp_path)
+        _run(label_studio, backend, data_dir, tmp_path)
 
 
 def _train(ls, backend, project: int, ml_id: int, n: int) -> tuple[dict, dict, str]:
@@ -96,9 +96,9 @@ def _look_in_the_browser(label_studio, project: int, scores: dict[int, float], d
     assert f"version {v2} (trained on your labels, on trial) labels it " in body, body[:2000]
 
 
-def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path) -> None:
+def _run(label_studio, backend: BackendProcess, data_dir: Path, tmp_path: Path) -> None:
     ls = label_studio.client
-    project, gold, ml, base = sst2_project(ls, backend, shared_dir, "icm trial e2e", N_TASKS)
+    project, gold, ml, base = sst2_project(ls, backend, data_dir, "icm trial e2e", N_TASKS)
 
     first = _label_all(ls, backend, project, base, 0)
     order = sorted(first["preds"], key=lambda t: (first["preds"][t].score, t))

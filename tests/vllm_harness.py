@@ -4,7 +4,7 @@
         vllm.base_url  # http://127.0.0.1:PORT/v1
 
 The venv's python comes from env ICM_VLLM_PYTHON (the Makefile sets it), else `.venv-vllm/bin/python`
-in the repo. See ../shared/docs/VLLM.md for why the module entry point and not `vllm serve`.
+in the repo. See docs/vllm.md for why the module entry point and not `vllm serve`.
 `kill()` is a crash (SIGKILL of the whole process group); `start_again()` brings it back on the same port.
 """
 

@@ -10,7 +10,7 @@ Examples (shell):
 
     # the paper's Alpaca comparisons: 4 crowd votes per pair (candidate_label), gold = `label`
     icm-backend compare --labels icm_alpaca.jsonl \
-        --crowd /work/shared/data/paper/test_alpaca.json --crowd-format alpaca \
+        --crowd data/paper/test_alpaca.json --crowd-format alpaca \
         --report alpaca.html --json alpaca.json
 
     # write the alpaca votes as plain crowd rows (task, worker, label) for other tools

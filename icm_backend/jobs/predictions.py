@@ -131,15 +131,5 @@ class PredictionStore:
             "SELECT pushed, COUNT(*) n FROM predictions WHERE project=? AND model_version=? GROUP BY pushed",
             (project, model_version))}
 
-    def unpushed(self, project: int, model_version: str) -> dict[int, dict]:
-        return {r["task_id"]: json.loads(r["item"]) for r in self.db.q(
-            "SELECT task_id, item FROM predictions WHERE project=? AND model_version=? AND pushed=0",
-            (project, model_version))}
-
-    def mark_pushed(self, project: int, model_version: str, task_ids: list[int]) -> None:
-        with self.db.lock:
-            self.db.conn.executemany("UPDATE predictions SET pushed=1 WHERE project=? AND model_version=? AND task_id=?",
-                                 [(project, model_version, t) for t in task_ids])
-
     def count_predictions(self) -> int:
         return self.db.q("SELECT COUNT(*) n FROM predictions")[0]["n"]

@@ -1,4 +1,4 @@
-# Kept as run (from /tmp/flag, data at /work/shared/data, the editable icm_backend of this commit); see bench/RESULTS.md.
+# Kept as run (the editable icm_backend of this commit); see bench/RESULTS.md.
 import sys, numpy as np
 def rec(err, score, frac=0.2):
     k = int(np.ceil(frac*len(err))); top = np.argsort(-score, kind="stable")[:k]

@@ -1,13 +1,16 @@
-# Kept as run (from /tmp/flag, data at /work/shared/data, the editable icm_backend of this commit); see bench/RESULTS.md.
+# Kept as run (the editable icm_backend of this commit), but for its paths: they were a developer's absolute
+# paths and are now the repo's (data/sst2/dev.tsv, bench/results/); see bench/RESULTS.md.
 """Round-0 ICM on SST-2 dev rows; save every per-row view for offline flag-ranking experiments."""
 import sys, csv, numpy as np
+from pathlib import Path
+REPO = Path(__file__).resolve().parents[3]  # the repo root
 import icm_backend.engine.labeler as L
 from icm_backend.engine.search import SearchConfig
 from icm_backend.engine.calibration import ReviewConfig
 from icm_backend.engine.model import load_lm
 
 start, n, seed, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-raw = list(csv.DictReader(open('/work/shared/data/sst2/dev.tsv'), delimiter='\t', quoting=csv.QUOTE_NONE))[start:start+n]
+raw = list(csv.DictReader(open(REPO / 'data' / 'sst2' / 'dev.tsv'), delimiter='\t', quoting=csv.QUOTE_NONE))[start:start+n]
 words = ["negative", "positive"]
 rows = [{"text": r["text"]} for r in raw]
 gold = np.array([int(r["label"]) if r["label"].isdigit() else words.index(r["label"]) for r in raw])

