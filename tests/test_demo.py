@@ -34,7 +34,7 @@ class FakeLM(FakeScorer):
 def fake_demo(monkeypatch):
     # negative/positive cues so the fake prefers a class; the sample's sentences rarely hold them, so
     # the accuracies are whatever they are: this test checks the form, not the numbers
-    monkeypatch.setattr(demo, "load_lm", lambda name: FakeLM(demo.LABELS, {"negative": "bad", "positive": "good"}))
+    monkeypatch.setattr(demo, "load_lm", lambda name, dtype="auto": FakeLM(demo.LABELS, {"negative": "bad", "positive": "good"}))
     root = logging.getLogger()
     level, hf = root.level, logging.getLogger("transformers.utils.generic")
     filters = list(hf.filters)
