@@ -192,7 +192,9 @@ def label_with_core(rows: list[dict], problem: Problem, scorer, config: SearchCo
     from icm_backend.engine.labeler import zero_shot_rows  # the labeler imports this module
 
     search = ICMSearch(core_problem, scorer, config, seed, checkpoint, "icm", max_window=window, fixed=core_fixed)
-    state = search.run(progress)
+    # The search's progress in rows of the whole project: a job's bar must not read 100% after the core.
+    state = search.run((lambda d, t, m: progress(d, n, f"ICM on the core ({len(core)} rows): {m}")) if progress
+                       else None)
     core_labels = np.array(state.labels)
     # The one-pass contexts: the search's final order and the same resampled orders the core is assessed with.
     rng = np.random.default_rng([seed, 104729])
