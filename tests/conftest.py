@@ -74,8 +74,10 @@ def in_process_app(tmp_path):
     """The backend's Flask app in process over a ModelHost with the given labeler/loader (fakes for unit
     tests); every app's job runner is stopped at teardown. Call as
     in_process_app(labeler, loader=..., start_worker=True, model_name="smollm2-135m", **ServerConfig fields)
-    (model_dir defaults to tmp_path/"model"; pass it for a second app with its own store). Build every
-    in-process app through this, so each one's runner is stopped."""
+    (model_dir defaults to tmp_path/"model"; pass it for a second app with its own store; labeler=None,
+    loader=None for the real engine). Build in-process apps through this, so each one's runner is stopped;
+    the two that do not: test_security_fuzz's (module scope, shared by the fuzz tests) and
+    test_remote_interfaces' (its config comes from ServerConfig.from_env, which that test checks)."""
     from icm_backend.server.app import create_app, get_backend
     from icm_backend.server.config import ServerConfig
     from icm_backend.server.events import EventRegistry

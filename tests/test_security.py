@@ -25,10 +25,7 @@ import requests
 
 from backend_process import REPO, BackendProcess, wait_for
 from fake_labeler import fake_label_rows
-from icm_backend.server.app import create_app, get_backend
-from icm_backend.server.config import ServerConfig
-from icm_backend.server.events import EventRegistry
-from icm_backend.server.model_host import ModelHost
+from icm_backend.server.app import get_backend
 
 XML = """<View><Text name="text" value="$text"/>
 <Choices name="sentiment" toName="text"><Choice value="Positive"/><Choice value="Negative"/></Choices></View>"""
@@ -553,12 +550,12 @@ def test_too_many_choices_is_a_clear_error(make_app):
 
 
 @pytest.mark.slow
-def test_real_engine_one_bad_task_costs_only_itself(tmp_path):
+def test_real_engine_one_bad_task_costs_only_itself(in_process_app):
     """The same probe on the real engine (smollm2-135m, zero-shot): its tokenizer raises TypeError on a lone
     surrogate, and a 200 KB text would take minutes and gigabytes; the other tasks are labelled."""
-    cfg = ServerConfig(model_dir=tmp_path / "model", model_name="smollm2-135m", method="zero-shot", sync_max_tasks=50,
-                       predict_budget_s=300)
-    app = create_app(cfg, host=ModelHost(cfg), events=EventRegistry(), start_worker=False)
+    # labeler and loader None: the ModelHost's own, i.e. the real engine and load_lm
+    app = in_process_app(None, loader=None, start_worker=False, method="zero-shot", sync_max_tasks=50,
+                         predict_budget_s=300)
     batch = tasks(10, t3="a\ud800b", t7="great movie " * 20_000)
     r = app.test_client().post("/predict", json={"tasks": batch, "project": 1, "label_config": XML})
     res = r.json["results"]

@@ -74,7 +74,9 @@ def run_methods(inputs: list[dict], rows: list[dict], gold: list, model, seed: i
     out = []
     # leave=False: the bars go when done, so the table printed after them stands alone. ICM's own
     # iteration bar (engine/search.py) nests under this one.
-    with tqdm(total=len(METHODS), desc="methods", unit="method", leave=False, disable=None) as bar:
+    # no rate in the bar: "0.01 method/s" says nothing; elapsed time and the method running do
+    with tqdm(total=len(METHODS), desc="methods", leave=False, disable=None,
+              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]") as bar:
         for method in METHODS:
             bar.set_postfix_str(method)
             t0 = time.monotonic()
