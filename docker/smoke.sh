@@ -48,12 +48,13 @@ export BACKEND_URL="http://127.0.0.1:$BACKEND_PORT" BACKEND_URL_FROM_LS="http://
 dc() { "${COMPOSE[@]}" -p "$PROJECT" -f "$COMPOSE_FILE" "$@"; }
 STATE="$(mktemp)"
 ROWS=()
-row() { ROWS+=("$(printf '%-34s %-8s %s' "$1" "$2" "$3")"); }
+row() { ROWS+=("$(printf '%-38s %-8s %s' "$1" "$2" "$3")"); }
 summary() {
     echo
     echo "== docker smoke summary ($(date -u +%FT%TZ), $(nproc) CPUs, compose: ${COMPOSE[*]}) =="
-    printf '%-34s %-8s %s\n' "step" "result" "measured"
+    printf '%-38s %-8s %s\n' "step" "result" "measured"
     printf '%s\n' "${ROWS[@]}"
+    if [ "$1" -eq 0 ]; then echo "docker smoke PASSED"; else echo "docker smoke FAILED (exit $1)"; fi
 }
 STEP="start"
 finish() {
@@ -69,8 +70,8 @@ finish() {
     else
         dc down -v --remove-orphans >/dev/null 2>&1 || true
     fi
-    rm -f "$STATE"
-    summary
+    rm -f "$STATE" "$STATE.out"
+    summary "$rc"
     exit "$rc"
 }
 trap finish EXIT
@@ -132,6 +133,7 @@ t0=$(date +%s)
 python3 "$HERE/smoke_api.py" label "$STATE" | tee "$STATE.out"
 row "$STEP" "ok" "$(grep -E '^predictions:' "$STATE.out" | cut -d' ' -f2) predictions for $N_TASKS tasks, $(since "$t0") s"
 row "  labels" "" "$(grep -E '^labels:' "$STATE.out" | cut -d' ' -f2-)"
+row "  agreement with SST-2 gold (info)" "" "$(grep -E '^gold_agreement:' "$STATE.out" | cut -d' ' -f2-)"
 rm -f "$STATE.out"
 
 STEP="restart backend -> healthy"

@@ -52,12 +52,18 @@ def backend(path: str):
     return _call(ENV["BACKEND_URL"].rstrip("/") + path, headers={"Authorization": f"Basic {cred}"}, timeout=10)
 
 
-def sst2_texts(n: int) -> list[str]:
+def sst2_rows(n: int) -> list[tuple[str, str]]:
+    """(text, gold label word) of the first n sample rows; only the text goes to Label Studio."""
     lines = (REPO / "icm_backend" / "samples" / "sst2_sample.tsv").read_text().splitlines()[1:]
-    texts = [line.split("\t")[0].strip() for line in lines if line.strip()]
-    if len(texts) < n:
-        raise SmokeFailure(f"N_TASKS={n}: the sample has only {len(texts)} rows")
-    return texts[:n]  # text only: the gold label stays out of Label Studio
+    rows = [(t.strip(), "Positive" if g.strip() == "1" else "Negative")
+            for t, g in (line.split("\t")[:2] for line in lines if line.strip())]
+    if len(rows) < n:
+        raise SmokeFailure(f"N_TASKS={n}: the sample has only {len(rows)} rows")
+    return rows[:n]
+
+
+def sst2_texts(n: int) -> list[str]:
+    return [t for t, _ in sst2_rows(n)]
 
 
 def predictions(project: int) -> list[dict]:
@@ -65,10 +71,13 @@ def predictions(project: int) -> list[dict]:
     return preds if isinstance(preds, list) else preds.get("results", [])
 
 
-def task_ids(project: int) -> list[int]:
+def _tasks(project: int) -> list[dict]:
     tasks = ls(f"/api/tasks/?project={project}&page_size=1000&fields=all")
-    tasks = tasks.get("tasks", tasks) if isinstance(tasks, dict) else tasks
-    return sorted(t["id"] for t in tasks)
+    return tasks.get("tasks", tasks) if isinstance(tasks, dict) else tasks
+
+
+def task_ids(project: int) -> list[int]:
+    return sorted(t["id"] for t in _tasks(project))
 
 
 def check_one_each(project: int, tasks: list[int], version: str) -> list[dict]:
@@ -140,13 +149,18 @@ def label(state_path: Path) -> None:
     preds = check_one_each(project, tasks, version)
     labels = [r["value"]["choices"][0] for p in preds for r in p["result"] if r.get("from_name") == "label"]
     flagged = sum(any(r.get("from_name") == "needs_review" for r in p["result"]) for p in preds)
+    # informative only (the smoke checks the plumbing, not accuracy): the gold labels never reached LS
+    gold = dict(sst2_rows(n))
+    texts = {t["id"]: t["data"]["text"] for t in _tasks(project)}
+    agree = sum(r["value"]["choices"][0] == gold.get(texts[p["task"]])
+                for p in preds for r in p["result"] if r.get("from_name") == "label")
     project_version = ls(f"/api/projects/{project}")["model_version"]
     if project_version != version:
         raise SmokeFailure(f"project model_version {project_version!r}, expected {version!r} (score column)")
     print(f"job: {job['id']} done {job['done']}/{job['total']}\nretrieve_to_done_s: {job_s:.0f}\n"
           f"predictions: {len(preds)} (one per task, scores in [0, 1])\n"
           f"labels: Positive {labels.count('Positive')}, Negative {labels.count('Negative')}\n"
-          f"flagged_for_review: {flagged}", flush=True)
+          f"flagged_for_review: {flagged}\ngold_agreement: {agree}/{n}", flush=True)
     state_path.write_text(json.dumps({"project": project, "tasks": tasks, "version": version, "job": job["id"],
                                       "predictions": sorted(p["id"] for p in preds)}))
 
