@@ -194,3 +194,19 @@ def test_ci_docker_smoke_skips_without_an_engine(tmp_path):
     env = {**os.environ, "PATH": f"{tmp_path}:/usr/bin:/bin"}
     out = subprocess.run([str(REPO / ".ci" / "docker-smoke")], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout == "no Docker engine running: docker smoke skipped\n"
+
+
+def test_preload_loads_the_model_in_the_background_and_survives_a_failure():
+    import threading
+    import types
+
+    from icm_backend.commands.serve import _preload
+
+    called = threading.Event()
+
+    def load():
+        called.set()
+        raise RuntimeError("no model here")  # kept by the host for /health; the thread just ends
+
+    _preload(types.SimpleNamespace(host=types.SimpleNamespace(model=load)))
+    assert called.wait(5)
