@@ -39,6 +39,8 @@ def add_subcommands(subparsers) -> None:
                    help="keep 1: jobs and the model live in the one process")
     p.add_argument("--model-dir", default=None, help="overrides MODEL_DIR (jobs DB, checkpoints, versions)")
     p.add_argument("--dev", action="store_true", help="werkzeug dev server instead of waitress (debugging)")
+    p.add_argument("--preload", action="store_true",
+                   help="load the model at start, in the background (/health: model_loaded); default: on first use")
     p.set_defaults(func=run)
 
 
@@ -89,6 +91,8 @@ def run(args) -> int:
         log.info("basic auth on; LS event webhooks go to /webhook/<secret> (the secret is in %s/webhook_secret "
                  "unless WEBHOOK_SECRET is set)", "MODEL_DIR")
     get_backend(app).runner.ensure_started()  # resume interrupted jobs at once, not on the first request
+    if args.preload:
+        _preload(get_backend(app))
     if args.dev:
         app.run(host=args.host, port=args.port, threaded=True)
         return 0
@@ -96,6 +100,21 @@ def run(args) -> int:
     log.info("serving on http://%s:%d (%d threads, waitress)", args.host, args.port, args.threads)
     server.run()
     return 0
+
+
+def _preload(backend) -> None:
+    """Load the served model in a background thread while requests are already answered: a container's
+    health check can wait for /health's model_loaded, so LS's first /predict does not spend its 100 s on
+    the load (or on the first start's GGUF conversion). A failure stays in /health's model_error."""
+    import threading
+
+    def load() -> None:
+        try:
+            backend.host.model()
+        except Exception:  # logged by the host, kept for /health; a later request retries the load
+            pass
+
+    threading.Thread(target=load, name="preload", daemon=True).start()
 
 
 class Lanes:
