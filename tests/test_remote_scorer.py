@@ -268,3 +268,21 @@ def test_a_slow_first_try_does_not_use_up_the_retry_budget(fake):
                                                r"out after 0.5s"):
         s.score("", TEXTS[:1])
     assert s.stats.retries == 1
+
+
+def test_a_server_that_refuses_the_parameters_is_read_by_top_k(fake, caplog):
+    """A strict server answers unknown fields with HTTP 400: noted in the log, not an error."""
+    fake.max_logprobs = 1  # logprobs=2 (the label count) is refused, as vLLM refuses logprobs > --max-logprobs
+    with caplog.at_level(logging.INFO, logger="icm_backend.engine.remote"):
+        s = scorer_for(fake, top_k=1, label_words=LABELS)
+        rows = s.score("", TEXTS[:6])
+    np.testing.assert_allclose(rows, expected(s, "", TEXTS[:6]), atol=1e-9)
+    assert s.mode == "top-k" and "logprob-token-ids: HTTP 400; allowed-token-ids: HTTP 400" in caplog.text
+
+
+def test_overload_during_detection_is_retried_not_taken_for_an_answer(fake):
+    fake.logprob_token_ids = True
+    s = scorer_for(fake, top_k=3, label_words=LABELS)
+    fake.fail_next = 2  # the detection's first request (the prompt_logprobs reference) sees 503 twice
+    np.testing.assert_allclose(s.score("", TEXTS[:4]), expected(s, "", TEXTS[:4]), atol=1e-9)
+    assert s.mode == "logprob-token-ids" and s.stats.retries == 2

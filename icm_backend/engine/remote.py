@@ -318,8 +318,9 @@ class RemoteScorer:
         prompt_logprobs requests that a slow server is still working on."""
         return self.timeout_s + self.timeout_per_token_s * self.max_in_flight * sum(len(p) for p in prompts)
 
-    def _completions(self, body: dict, count: bool = True, split_on_timeout: bool = False) -> list[dict]:
-        reply = self._request("POST", self.base_url + "/completions", {"model": self.model, **body},
+    def _completions(self, body: dict, count: bool = True, split_on_timeout: bool = False,
+                     retry: bool = True) -> list[dict]:
+        reply = self._request("POST", self.base_url + "/completions", {"model": self.model, **body}, retry=retry,
                               timeout_s=self._timeout_for(body["prompt"]), split_on_timeout=split_on_timeout)
         choices = reply.get("choices") if isinstance(reply, dict) else None
         if not isinstance(choices, list) or len(choices) != len(body["prompt"]):
@@ -349,10 +350,10 @@ class RemoteScorer:
             log.info("model server %s: no prompt_logprobs to check against (%s)", self.base_url, exc)
         found, notes = [], []
         for way in EXACT_WAYS:
-            try:
+            try:  # overload (429, 5xx) is retried as always; 4xx is the server's answer about the parameter
                 choice = self._completions(self._body(way, [prompt]), count=False)[0]
             except ModelServerError as exc:
-                if exc.status is None or exc.status >= 500:
+                if exc.status is None or exc.status in RETRY_STATUS:  # unreachable / gave up: no answer about it
                     raise
                 notes.append(f"{way}: HTTP {exc.status}")
                 continue
