@@ -286,3 +286,31 @@ def test_overload_during_detection_is_retried_not_taken_for_an_answer(fake):
     fake.fail_next = 2  # the detection's first request (the prompt_logprobs reference) sees 503 twice
     np.testing.assert_allclose(s.score("", TEXTS[:4]), expected(s, "", TEXTS[:4]), atol=1e-9)
     assert s.mode == "logprob-token-ids" and s.stats.retries == 2
+
+
+def test_fork_labelled_before_the_detection_uses_its_result(fake):
+    """A job forks the scorer and sets its labels before any row was scored: when another fork's first
+    batch detects the server's ways, this fork switches to the exact one too."""
+    fake.logprob_token_ids = True
+    s = scorer_for(fake, top_k=3)
+    a, b = s.fork(), s.fork()
+    a.set_labels(LABELS)
+    b.set_labels(["dull", "fine", "long"])
+    assert a.mode == b.mode == "top-k"  # not yet detected
+    a.score("", TEXTS[:2])
+    np.testing.assert_allclose(b.score("", TEXTS[:6]), expected(b, "", TEXTS[:6]), atol=1e-9)
+    assert a.mode == b.mode == "logprob-token-ids" and b.stats.fallback_rows == 0
+
+
+def test_a_long_label_set_does_not_hide_a_way(fake):
+    """The probe asks about 8 labels at most: a 30-label set (over --max-logprobs) is read by
+    logprob_token_ids, while allowed-token-ids (logprobs = 30 > 20) is not chosen for it."""
+    fake.logprob_token_ids, fake.logprobs_mode, fake.max_logprobs = True, "processed", 20
+    words = [f"w{i}" for i in range(30)]
+    s = scorer_for(fake, top_k=20, label_words=words)
+    np.testing.assert_allclose(s.score("", TEXTS[:3]), expected(s, "", TEXTS[:3]), atol=1e-9)
+    assert s._shared["ways"] == ["logprob-token-ids", "allowed-token-ids"] and s.mode == "logprob-token-ids"
+    s.requested_mode = "auto"
+    s._shared["ways"] = ["allowed-token-ids"]  # a server with only the processed mode
+    s.set_labels(words)
+    assert s.mode == "top-k"

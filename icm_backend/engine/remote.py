@@ -180,7 +180,6 @@ class RemoteScorer:
         self._stats_lock = threading.Lock()
         self._context_window: int | None = None
         self.served_models: list[str] = []
-        self._served_root: str | None = None
         # Called as on_wait(message) before each retry: a job shows it as progress and may raise to stop
         # waiting (cancel, a request's time budget).
         self.on_wait: Callable[[str], None] | None = None
@@ -339,11 +338,13 @@ class RemoteScorer:
         """Once per server: which exact ways it honours, tried on a probe prompt that has nothing to do with
         the labels (so a server that ignores a parameter cannot pass by the labels happening to be its
         top tokens) and checked against prompt_logprobs where it gives them."""
-        ids = list(self.label_ids)
+        # at most 8 of the labels: a long label set must not make a way look unsupported (vLLM caps
+        # logprob_token_ids at 128 and logprobs at --max-logprobs); _choose_mode applies those caps per set
+        ids, decoded = self.label_ids[:8], self.label_decoded[:8]
         prompt = with_bos(self.tok, encode(self.tok, PROBE))
         ref = np.full((1, len(ids)), np.nan)
         try:
-            self._prompt_logprob_rows([0], [prompt], ref, count=False)
+            self._prompt_logprob_rows([0], [prompt], ref, count=False, ids=ids)
             ref_row = ref[0] - np.logaddexp.reduce(ref[0])
         except ModelServerError as exc:
             ref_row = None
@@ -351,13 +352,13 @@ class RemoteScorer:
         found, notes = [], []
         for way in EXACT_WAYS:
             try:  # overload (429, 5xx) is retried as always; 4xx is the server's answer about the parameter
-                choice = self._completions(self._body(way, [prompt]), count=False)[0]
+                choice = self._completions(self._body(way, [prompt], ids), count=False)[0]
             except ModelServerError as exc:
                 if exc.status is None or exc.status in RETRY_STATUS:  # unreachable / gave up: no answer about it
                     raise
                 notes.append(f"{way}: HTTP {exc.status}")
                 continue
-            row = self._read_row(way, choice)
+            row = self._read_row(way, choice, ids, decoded)
             if row is None or np.isnan(row).any():
                 why = ("the answer lacks label tokens" if row is None or way == "logprob-token-ids"
                        else "log-probs not normalised over the allowed tokens (raw logprobs mode)")
@@ -395,6 +396,7 @@ class RemoteScorer:
                 why = "every label word is one token" if single else "a label word is several tokens"
                 if self._shared["ways"] is None:
                     why += "; the server's ways not yet detected"
+        self._chosen_after_detection = self._shared["ways"] is not None
         if (mode, words) != (getattr(self, "_logged_mode", None), getattr(self, "_logged_words", None)):
             log.info("remote scorer %s (%s): labels %s scored by %s (%s)", self.base_url, self.model,
                      ",".join(words), mode, why)
@@ -425,6 +427,7 @@ class RemoteScorer:
             with self._shared["lock"]:  # forks share the detection: one probe per server, not per thread
                 if self._shared["ways"] is None:
                     self._detect_ways()
+        if self.requested_mode == "auto" and not self._chosen_after_detection:  # also a fork labelled before
             self._choose_mode()
         prompts = [self.encode(prefix, t) for t in targets]
         raw = np.full((len(prompts), len(self.label_words)), np.nan)
@@ -452,18 +455,22 @@ class RemoteScorer:
             for f in [pool.submit(fn, b, prompts, raw) for b in batches]:
                 f.result()
 
-    def _body(self, way: str, prompts: list[list[int]]) -> dict:
+    def _body(self, way: str, prompts: list[list[int]], ids: list[int] | None = None) -> dict:
+        ids = list(self.label_ids if ids is None else ids)
         body = {"prompt": prompts, "max_tokens": 1, "temperature": 0, "return_tokens_as_token_ids": True}
         if way == "top-k":
             return {**body, "logprobs": self.top_k}
-        body["logprobs"] = len(self.label_ids)
+        body["logprobs"] = len(ids)
         if way == "logprob-token-ids":
-            return {**body, "logprob_token_ids": list(self.label_ids)}
-        return {**body, "allowed_token_ids": list(self.label_ids)}
+            return {**body, "logprob_token_ids": ids}
+        return {**body, "allowed_token_ids": ids}
 
-    def _read_row(self, way: str, choice: dict) -> np.ndarray | None:
-        """The label tokens' log-probs in one choice (NaN where missing; all NaN where an exact way's answer
-        is not what that way promises); None where the answer has no log-probs at all."""
+    def _read_row(self, way: str, choice: dict, ids: list[int] | None = None,
+                  decoded: list[str] | None = None) -> np.ndarray | None:
+        """The log-probs of the label tokens (or `ids`) in one choice (NaN where missing; all NaN where an
+        exact way's answer is not what that way promises); None where the answer has no log-probs at all."""
+        ids = self.label_ids if ids is None else ids
+        decoded = self.label_decoded if decoded is None else decoded
         top = ((choice.get("logprobs") or {}).get("top_logprobs") or [None])[0]
         if not isinstance(top, dict) or not top:
             return None
@@ -471,8 +478,8 @@ class RemoteScorer:
         for key, lp in top.items():
             if isinstance(key, str) and key.startswith("token_id:"):
                 by_id[int(key[9:])] = lp
-        row = np.full(len(self.label_ids), np.nan)
-        for k, (tid, text) in enumerate(zip(self.label_ids, self.label_decoded)):
+        row = np.full(len(ids), np.nan)
+        for k, (tid, text) in enumerate(zip(ids, decoded)):
             lp = by_id.get(tid) if by_id else top.get(text)  # servers without token ids: decoded text
             if lp is not None:
                 row[k] = float(lp)
@@ -518,11 +525,12 @@ class RemoteScorer:
         self._run(one, batches, prompts, raw)
 
     def _prompt_logprob_rows(self, rows: list[int], prompts: list[list[int]], raw: np.ndarray,
-                             count: bool = True) -> None:
-        """Exact label log-probs from prompt_logprobs on prompt + label token. A request that times out is
-        split in two and each half sent (down to one row, which is retried as any request)."""
-        n_labels = len(self.label_ids)
-        batch = [prompts[i] + [tid] for i in rows for tid in self.label_ids]
+                             count: bool = True, ids: list[int] | None = None) -> None:
+        """Exact label log-probs (or those of `ids`) from prompt_logprobs on prompt + label token. A request
+        that times out is split in two and each half sent (down to one row, which is retried as any request)."""
+        ids = self.label_ids if ids is None else ids
+        n_labels = len(ids)
+        batch = [prompts[i] + [tid] for i in rows for tid in ids]
         try:
             choices = self._completions({"prompt": batch, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0},
                                         count=count, split_on_timeout=len(rows) > 1)
@@ -532,14 +540,14 @@ class RemoteScorer:
                         self.base_url, len(rows), exc)
             with self._stats_lock:
                 self.stats.split_requests += 1
-            self._prompt_logprob_rows(rows[:half], prompts, raw, count)
-            self._prompt_logprob_rows(rows[half:], prompts, raw, count)
+            self._prompt_logprob_rows(rows[:half], prompts, raw, count, ids)
+            self._prompt_logprob_rows(rows[half:], prompts, raw, count, ids)
             return
         for n, ch in enumerate(choices):
             i, k = rows[n // n_labels], n % n_labels
             plp = ch.get("prompt_logprobs")
             entry = plp[-1] if isinstance(plp, list) and plp else None
-            tid = self.label_ids[k]
+            tid = ids[k]
             item = entry.get(str(tid)) if isinstance(entry, dict) else None
             if item is None and isinstance(entry, dict):
                 item = entry.get(tid)
