@@ -46,21 +46,22 @@ timed inprocess $PY -m icm_backend.cli label $DATA --task classify --labels $LAB
   --model gemma3-270m --dtype fp32 --out $R/inprocess.jsonl
 
 start_vllm default
-timed probe_raw_logprobs timeout 600 $PY $R/probe_vllm.py $R/probe_raw_logprobs.json $URL
 timed server $PY -m icm_backend.cli label $DATA --task classify --labels $LABELS --method zero-shot \
   --server $URL --model gemma --tokenizer gemma3-270m --out $R/server.jsonl
 # the same without --tokenizer: taken from the path vLLM reports in /v1/models
 timed server_no_tokenizer_flag $PY -m icm_backend.cli label $DATA --task classify --labels $LABELS \
   --method zero-shot --server $URL --model gemma --out $R/server_no_tokenizer_flag.jsonl
+$PY $R/compare.py | tee $R/summary.txt
+timed probe_raw_logprobs timeout 600 $PY $R/probe_vllm.py $R/probe_raw_logprobs.json $URL
 # the fallback path forced (what a server without an exact way gets): top-k, prompt_logprobs for the rest
 timed forced_topk timeout 900 $PY $R/score_forced.py $URL top-k $R/forced_topk.json
 stop_vllm
 
 start_vllm processed --logprobs-mode processed_logprobs
-timed probe_processed_logprobs timeout 600 $PY $R/probe_vllm.py $R/probe_processed_logprobs.json $URL
 timed processed_auto $PY -m icm_backend.cli label $DATA --task classify --labels $LABELS --method zero-shot \
   --server $URL --model gemma --tokenizer gemma3-270m --out $R/processed_auto.jsonl
 timed forced_allowed $PY $R/score_forced.py $URL allowed-token-ids $R/forced_allowed.json
+timed probe_processed_logprobs timeout 600 $PY $R/probe_vllm.py $R/probe_processed_logprobs.json $URL
 stop_vllm
 
 $PY $R/compare.py | tee $R/summary.txt
