@@ -1,6 +1,15 @@
 """A small OpenAI-compatible server for unit tests of the remote scorer (the real one is vLLM: see
 vllm_harness.py). Next-token log-probs are a deterministic function of the prompt's token ids, so a
 test can compute the expected rows itself; switches make it misbehave the ways real servers do.
+
+The label-reading parameters behave as vLLM 0.32's do (measured: bench/results/issue19-remote/):
+- `logprob_token_ids` (switch logprob_token_ids): top_logprobs holds exactly those tokens (plus the
+  sampled one), whatever their rank; a server without it ignores the field and answers the plain top-k;
+- `allowed_token_ids` / `logit_bias`: with logprobs_mode="processed" the log-probs are taken after
+  them (allowed: renormalised over the allowed set); with "raw" (vLLM's default) before them, so the
+  answer is the plain top-k of the whole vocabulary;
+- max_logprobs: `logprobs` above it is HTTP 400, as vLLM's --max-logprobs;
+- seconds_per_prompt_logprob_seq: a prompt_logprobs request sleeps this per sequence (the expensive way).
 """
 
 from __future__ import annotations
@@ -8,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -61,6 +71,11 @@ class FakeOpenAI:
     token_id_keys: bool = True  # honour return_tokens_as_token_ids (vLLM does)
     fail_next: int = 0  # answer the next N /completions with 503
     tokenize_as: WordTokenizer | None = None  # answer /tokenize (and decode top-k keys) with this tokenizer
+    logprob_token_ids: bool = False  # honour logprob_token_ids (vLLM 0.32+)
+    logprobs_mode: str = "raw"  # "raw": log-probs before allowed_token_ids/logit_bias; "processed": after
+    max_logprobs: int | None = None  # `logprobs` above it is HTTP 400 (vLLM --max-logprobs, default 20)
+    seconds_per_prompt_logprob_seq: float = 0.0
+    root: str | None = None  # /v1/models "root": what the served model was loaded from (vLLM sends the path)
     requests: list[dict] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
     port: int = 0
@@ -88,7 +103,8 @@ class FakeOpenAI:
             def do_GET(self):
                 fake.auth_headers.append(self.headers.get("Authorization", ""))
                 if self.path == "/v1/models":
-                    return self._send(200, {"object": "list", "data": [{"id": fake.model, "max_model_len": 2048}]})
+                    entry = {"id": fake.model, "max_model_len": 2048, **({"root": fake.root} if fake.root else {})}
+                    return self._send(200, {"object": "list", "data": [entry]})
                 self._send(404, {"error": "not found"})
 
             def do_POST(self):
@@ -106,7 +122,15 @@ class FakeOpenAI:
                     return self._send(503, {"error": "overloaded"})
                 if body.get("model") != fake.model:
                     return self._send(404, {"error": {"message": f"The model `{body.get('model')}` does not exist."}})
-                self._send(200, fake.complete(body))
+                error = fake.invalid(body)
+                if error:
+                    return self._send(400, {"error": {"message": error, "type": "BadRequestError", "code": 400}})
+                if body.get("prompt_logprobs") is not None and fake.seconds_per_prompt_logprob_seq:
+                    time.sleep(fake.seconds_per_prompt_logprob_seq * len(body["prompt"]))
+                try:
+                    self._send(200, fake.complete(body))
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+                    pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
@@ -118,17 +142,49 @@ class FakeOpenAI:
             self._server.shutdown()
             self._server.server_close()
 
+    def invalid(self, body: dict) -> str | None:
+        k = body.get("logprobs")
+        ids = body.get("logprob_token_ids") if self.logprob_token_ids else None
+        if ids and k is not None and k != len(ids):
+            return f"When both logprobs and logprob_token_ids are set, logprobs must equal len(logprob_token_ids)."
+        if k is not None and self.max_logprobs is not None and not ids and k > self.max_logprobs:
+            return f"Requested sample logprobs of {k}, which is greater than max allowed: {self.max_logprobs}"
+        return None
+
+    def _processed(self, body: dict, lp: np.ndarray) -> np.ndarray:
+        """Log-probs after allowed_token_ids / logit_bias, as vLLM's processed_logprobs mode gives them
+        (token t is row t % VOCAB, so a real tokenizer's ids work too)."""
+        logits = lp.copy()
+        for key, bias in (body.get("logit_bias") or {}).items():
+            logits[int(key) % VOCAB] += float(bias)
+        allowed = body.get("allowed_token_ids")
+        if allowed:
+            mask = np.full(VOCAB, -np.inf)
+            mask[[a % VOCAB for a in allowed]] = 0.0
+            logits = logits + mask
+        return logits - np.logaddexp.reduce(logits)
+
     def complete(self, body: dict) -> dict:
         choices = []
         k = int(body.get("logprobs") or 0)
         for n, ids in enumerate(body["prompt"]):
             lp = next_token_logprobs(ids)
+            processed = self.logprobs_mode == "processed"
+            shown = self._processed(body, lp) if processed else lp
+            allowed = body.get("allowed_token_ids")
+            sampled = max(allowed, key=lambda a: lp[a % VOCAB]) if allowed else int(np.argmax(lp))
             choice = {"index": n, "text": "x", "logprobs": None, "prompt_logprobs": None}
             if k and not self.no_logprobs:
-                top = np.argsort(-lp)[:k]
+                wanted = body.get("logprob_token_ids") if self.logprob_token_ids else None
+                if wanted:
+                    top = list(wanted) + [sampled]
+                elif processed and allowed:
+                    top = sorted(allowed, key=lambda a: -shown[a % VOCAB])[:k]
+                else:
+                    top = [int(t) for t in np.argsort(-shown)[:k]]
                 key = (lambda t: f"token_id:{t}") if body.get("return_tokens_as_token_ids") and self.token_id_keys \
                     else (lambda t: self.tokenize_as.decode([t]))  # decoded text, as OpenAI does
-                choice["logprobs"] = {"top_logprobs": [{key(int(t)): float(lp[t]) for t in top}]}
+                choice["logprobs"] = {"top_logprobs": [{key(int(t)): float(shown[t % VOCAB]) for t in top}]}
             if body.get("prompt_logprobs") is not None and not self.no_logprobs and not self.no_prompt_logprobs:
                 entries = [None]
                 for pos in range(1, len(ids)):

@@ -157,3 +157,30 @@ def test_waiting_for_the_model_server_is_progress_and_can_be_stopped(fake, tmp_p
         host.label(parse_label_config(CLASSIFY_XML), tasks, method="zero-shot", progress=progress)
     assert time.perf_counter() - t0 < 20
     assert all("waiting for the model server (HTTP 503" in m for m in seen)
+
+
+def test_served_name_that_is_not_a_local_model_asks_for_the_tokenizer(fake, rows_file, tmp_path, capsys):
+    fake.model = "gemma"  # served under a short name; the server says nothing about its tokenizer
+    code, _, err = run_cli(capsys, "label", str(rows_file), "--task", "classify", "--labels", "bad,good",
+                           "--method", "zero-shot", "--server", fake.base_url, "--model", "gemma",
+                           "--out", str(tmp_path / "o.jsonl"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--model gemma: the served name is not a model this machine has" in err
+    assert "--tokenizer NAME_OR_DIR" in err and "the server does not send its tokenizer" in err
+
+
+def test_tokenizer_taken_from_the_path_the_server_reports(fake, rows_file, tmp_path, capsys):
+    """vLLM's /v1/models gives the path it loaded ("root"); where this machine can load it, no --tokenizer."""
+    fake.model, fake.root = "gemma", TOKENIZER
+    out = tmp_path / "o.jsonl"
+    code, _, err = run_cli(capsys, "label", str(rows_file), "--task", "classify", "--labels", "bad,good",
+                           "--method", "zero-shot", "--server", fake.base_url, "--model", "gemma", "--out", str(out))
+    assert code == 0, err
+    assert len(out.read_text().splitlines()) == 10
+
+
+def test_wrong_explicit_tokenizer_names_the_option(fake, rows_file, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "label", str(rows_file), "--task", "classify", "--labels", "bad,good",
+                           "--method", "zero-shot", "--server", fake.base_url, "--model", "fake-lm",
+                           "--tokenizer", "no-such-tokenizer", "--out", str(tmp_path / "o.jsonl"))
+    assert code == 2 and err.startswith("error: --tokenizer no-such-tokenizer: unknown model"), err

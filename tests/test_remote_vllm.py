@@ -4,7 +4,10 @@ converted bf16 folder), compared with the in-process scorer on the same weights.
 Both sides compute in float32 from the same bf16 weights (see conftest.vllm_server).
 (a) parity on 256 SST-2 dev rows, zero-shot: the same label on >= 98% of rows; max/mean difference
     of the label log-probs printed;
-(b) ICM on 64 rows through vLLM and in process, same seed: accuracy within 0.03.
+(b) ICM on 64 rows through vLLM and in process, same seed: accuracy within 0.03;
+(c) four capitalised topic labels (tests/data/topics4.jsonl), outside the top-20 at the cue for most
+    rows: read exactly (vLLM's logprob_token_ids, found by the scorer's detection), no prompt_logprobs
+    fallback, the same labels as in process.
 The numbers are printed (run with -s to see them) and written to $ICM_REMOTE_PARITY_OUT if set.
 """
 
@@ -63,10 +66,10 @@ def test_zero_shot_parity_256_rows(data_dir, local_lm, remote):
     prompts = [ex.prompt for ex in problem.examples]
     local = TransformersScorer(local_lm, problem.label_words)
     remote.set_labels(problem.label_words)
-    assert remote.mode == "top-k"  # " negative" / " positive" are one token each for Gemma 3
     assert remote.encode("", prompts[0]) == local._encode_prefix("") + local.tok.encode(prompts[0], add_special_tokens=False)
     a = local.score("", prompts)
     b = remote.score("", prompts)
+    assert remote.mode == "logprob-token-ids"  # vLLM 0.32 reads the label tokens exactly, no server flag
     same = float(np.mean(a.argmax(1) == b.argmax(1)))
     diff = np.abs(a - b)
     _record("zero_shot_256", {"same_label": same, "max_abs_logprob_diff": float(diff.max()),
@@ -99,3 +102,28 @@ def test_icm_64_rows_local_vs_vllm(data_dir, local_lm, remote):
         acc[name] = float(np.mean([LABELS.index(p.label) == g for p, g in zip(preds, gold)]))
     _record("icm_64", {**acc, "vllm_stats": dict(vars(remote.stats))})
     assert abs(acc["local"] - acc["vllm"]) <= 0.03
+
+
+def test_capitalised_topic_labels_are_read_exactly_without_fallback(local_lm, vllm_server):
+    rows = [json.loads(line) for line in (Path(__file__).parent / "data" / "topics4.jsonl").read_text().splitlines()]
+    labels = ["Sports", "Politics", "Technology", "Food"]
+    problem = build_problem([{"text": r["text"]} for r in rows], "classify", labels)
+    prompts = [ex.prompt for ex in problem.examples]
+    remote = RemoteScorer(vllm_server.base_url, "gemma3-270m", tokenizer="gemma3-270m")  # its own detection
+    remote.set_labels(problem.label_words)
+    b = remote.score("", prompts)
+    a = TransformersScorer(local_lm, problem.label_words).score("", prompts)
+    same = float(np.mean(a.argmax(1) == b.argmax(1)))
+    diff = np.abs(a - b)
+    _record("topics4_60", {"same_label": same, "max_abs_logprob_diff": float(diff.max()),
+                           "mean_abs_logprob_diff": float(diff.mean()), "mode": remote.mode,
+                           "stats": dict(vars(remote.stats))})
+    # the premise: read from the top-20, most rows would miss a label and go to prompt_logprobs
+    top20 = remote._completions(remote._body("top-k", [remote.encode("", t) for t in prompts]), count=False)
+    outside = sum(bool(np.isnan(remote._read_row("top-k", ch)).any()) for ch in top20)
+    _record("topics4_rows_with_a_label_outside_top20", outside)
+    assert outside > len(prompts) // 2
+    assert remote.mode == "logprob-token-ids"
+    assert remote.stats.fallback_rows == 0 and remote.stats.prompt_logprob_rows == 0
+    assert remote.stats.exact_rows == len(prompts)
+    assert same >= 0.98 and diff.mean() < 0.01

@@ -13,7 +13,9 @@ def add_server_args(p) -> None:
                    help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (default: env ICM_SERVER_URL); "
                         "--model then names the served model; API key from env ICM_SERVER_API_KEY or OPENAI_API_KEY")
     g.add_argument("--tokenizer", metavar="NAME_OR_DIR",
-                   help="with --server: the served model's tokenizer, loaded locally (default: --model)")
+                   help="with --server: the served model's tokenizer, loaded locally (prompts are tokenised here): a local "
+                        "HF folder, a hub id in the local cache, gemma3-270m or smollm2-135m (default: --model, else "
+                        "the path the server reports in /v1/models, as vLLM does, where this machine can load it)")
     g.add_argument("--server-retry-s", type=float, default=120.0, metavar="S",
                    help="with --server: how long to retry a server that is down or overloaded (default 120)")
 
