@@ -165,6 +165,7 @@ class RiskReport:
     audit: AuditPlan | None = None
     audit_labelled: int = 0  # sampled tasks people have labelled so far
     certified: list[Certified] = field(default_factory=list)  # one per target once the audit is complete
+    warnings: list[str] = field(default_factory=list)  # e.g. confidences not calibrated (the caller knows)
 
     def safe_set(self, target: float) -> SafeSet | None:
         return next((s for s in self.safe_sets if s.target == target), None)
@@ -187,41 +188,65 @@ class RiskReport:
         d["audit_complete"] = self.audit_complete
         return d
 
+    def status(self, target: float) -> str:
+        c = self.certified_for(target)
+        if not self.reliable:
+            return "unreliable"
+        if self.audit is None:
+            return "no audit"
+        if not self.audit_complete:
+            return "audit incomplete"
+        return "certified" if c is not None and c.certified else "not certified"
+
     def rows(self) -> list[dict]:
-        """One row per target: estimated, audited and bound side by side (the table the CLI and tabs show)."""
+        """One row per target, the three figures side by side: the estimated safe set (size, estimated
+        error); the audit (in the certified set, or in the estimated one when none passed: audited, wrong,
+        observed error, bound); and the accepted set (what may be taken unread: the certified set, else 0)."""
         out = []
         for s in self.safe_sets:
             c = self.certified_for(s.target)
-            out.append({"target": s.target, "size": s.size, "coverage": s.coverage,
-                        "estimated_error": s.estimated_error,
-                        "audited": None if c is None else c.audited,
-                        "observed_error": None if c is None else c.observed_error,
-                        "bound": None if c is None else c.bound,
-                        "certified_size": None if c is None else c.size,
-                        "certified": None if c is None else c.certified,
+            out.append({"target": s.target, "status": self.status(s.target),
+                        "estimated_size": s.size, "estimated_coverage": round(s.coverage, 4),
+                        "estimated_error": _r(s.estimated_error),
+                        "audited": None if c is None else c.audited, "wrong": None if c is None else c.errors,
+                        "observed_error": None if c is None else _r(c.observed_error),
+                        "bound": None if c is None else _r(c.bound),
+                        "accepted_size": None if c is None else c.size,
+                        "accepted_coverage": None if c is None else round(c.coverage, 4),
+                        "accepted_estimated_error": None if c is None or not c.certified else _r(c.estimated_error),
+                        "more_audits_needed": None if c is None else c.more_audits_needed,
                         "note": "" if c is None else c.note})
         return out
 
     def table(self) -> str:
         if not self.reliable:
             return "no safe set: the labelling is unreliable: " + "; ".join(self.reasons)
-        head = (f"{'target':>7} {'tasks':>6} {'cover':>6} {'est.err':>8} {'audited':>8} {'obs.err':>8} "
-                f"{'bound':>7} {'certified':>10}")
-        lines = [head]
+        notes = [f"warning: {w}" for w in self.warnings]
+        lines = [f"{self.n} labelled tasks, {self.candidates} not flagged; audit: " + (
+            "none drawn" if self.audit is None else
+            f"{self.audit_labelled}/{len(self.audit.keys)} labelled, drawn from the {self.audit.drawn_from} most "
+            f"confident, bound at {self.audit.level:.0%}"),
+            f"{'target':>7} | {'estimated':^22} | {'audited':^30} | {'accepted':^15} | status",
+            f"{'':>7} | {'tasks':>6} {'cover':>6} {'error':>7} | {'tasks':>6} {'wrong':>5} {'error':>7} "
+            f"{'bound':>8} | {'tasks':>6} {'cover':>7} |"]
         for r in self.rows():
-            lines.append(f"{r['target']:>7.1%} {r['size']:>6} {r['coverage']:>6.1%} {_pct(r['estimated_error']):>8} "
-                         f"{'-' if r['audited'] is None else r['audited']:>8} {_pct(r['observed_error']):>8} "
-                         f"{_pct(r['bound']):>7} "
-                         f"{'-' if r['certified_size'] is None else r['certified_size']:>10}")
-        if self.audit is None:
-            lines.append("no audit yet: the figures are estimates only")
-        elif not self.audit_complete:
-            lines.append(f"audit incomplete: {self.audit_labelled} of {len(self.audit.keys)} sampled tasks labelled; "
-                         "nothing is certified until all are")
+            lines.append(
+                f"{r['target']:>7.1%} | {r['estimated_size']:>6} {r['estimated_coverage']:>6.1%} "
+                f"{_pct(r['estimated_error']):>7} | {_dash(r['audited']):>6} {_dash(r['wrong']):>5} "
+                f"{_pct(r['observed_error']):>7} {_pct(r['bound']):>8} | {_dash(r['accepted_size']):>6} "
+                f"{_pct(r['accepted_coverage']):>7} | {r['status']}")
         for c in self.certified:
             if c.note:
                 lines.append(f"{c.target:.1%}: {c.note}")
-        return "\n".join(lines)
+        return "\n".join(lines + notes)
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+def _dash(x) -> str:
+    return "-" if x is None else str(x)
 
 
 def _pct(x: float | None) -> str:
@@ -400,12 +425,19 @@ def pass_probability(n: int, rate: float, target: float, level: float) -> float:
     return 0.0 if k < 0 else _binom_cdf(k, n, min(max(rate, 0.0), 1.0))
 
 
+def _binom_pmf(j: int, n: int, p: float) -> float:
+    if p <= 0.0 or p >= 1.0:
+        return float(j == (0 if p <= 0.0 else n))
+    return math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
+                    + j * math.log(p) + (n - j) * math.log1p(-p))
+
+
 def candidate_sizes(order: list[Item], drawn_from: int, sampled: int, target: float, level: float,
                     steps: int, pessimism: float = 1.5, grid: int = 60) -> list[int]:
     """The prefixes tested after the audit, smallest first, fixed before any label is seen (module doc,
     point 5). The first is the prefix S' that maximises |S'| x P[its test passes], that probability taken
-    with the audited count expected there (sampled x |S'| / drawn_from) and the error it would have if the
-    estimate were `pessimism` times too low (the estimate was measured optimistic); the others are evenly
+    over the audited count landing there (about Binomial(sampled, |S'| / drawn_from)) and with the error it
+    would have if the estimate were `pessimism` times too low (it was measured optimistic); the others evenly
     spaced up to the whole sampled set. Each size is moved up to the end of its tie block."""
     if sampled < zero_error_audit_size(target, level) or drawn_from < 1:
         return []
@@ -415,10 +447,17 @@ def candidate_sizes(order: list[Item], drawn_from: int, sampled: int, target: fl
         err += 1.0 - it.confidence
         cum.append(err)
     step = max(1, len(ends) // grid)
+    kmax = [max_errors_passing(n, target, level) for n in range(sampled + 1)]
     best, best_value = None, 0.0
     for e in ends[::step] + [ends[-1]]:
-        n_exp = round(sampled * e / drawn_from)
-        value = e * pass_probability(n_exp, pessimism * cum[e] / e, target, level)
+        # how many sampled tasks land in the prefix is itself random (about Binomial(sampled, e / drawn_from))
+        share, rate, value = e / drawn_from, min(1.0, pessimism * cum[e] / e), 0.0
+        for n in range(sampled + 1):
+            if kmax[n] >= 0:
+                w = _binom_pmf(n, sampled, share)
+                if w > 1e-9:
+                    value += w * _binom_cdf(kmax[n], n, rate)
+        value *= e
         if value > best_value:
             best, best_value = e, value
     if best is None:
@@ -481,6 +520,12 @@ def apply_audit(items: list[Item], report: RiskReport, plan: AuditPlan, correct:
             note = (f"cannot certify {t:.1%} with this audit: {e} error(s) in {a} audited tasks of its estimated "
                     f"safe set ({n_s} tasks), bound {clopper_pearson_upper(e, a, level):.1%}; no sample of that set "
                     f"can: only reading all {room} others (a census, the error then counted, not bounded) would")
+        elif more == 0:
+            note = (f"cannot certify {t:.1%} with this audit: its estimated safe set ({n_s} tasks) alone would pass "
+                    f"({e} error(s) in {a} audited, bound {clopper_pearson_upper(e, a, level):.1%}), but the sets are "
+                    f"tested in a fixed order and the first ({sizes[0]} tasks, {aud[sizes[0]]} audited, "
+                    f"{err[sizes[0]]} wrong) failed; claiming it now would be choosing after looking: a new audit "
+                    "is needed")
         else:
             first = sizes[0] if sizes else None
             why = (f"the first set tested ({first} tasks, {aud[first]} audited, {err[first]} wrong) failed" if first else

@@ -57,7 +57,7 @@ def annotation_label(result: list[dict], spec: ProjectSpec) -> tuple[str | None,
     return None, f"empty result: no choice in control {spec.from_name!r}"
 
 
-def _when(obj: dict) -> tuple:
+def _when(obj: dict) -> tuple:  # also used by risk_items: one "newest" rule
     # Latest = updated_at, then created_at, then id (ISO strings sort chronologically).
     return (str(obj.get("updated_at") or ""), str(obj.get("created_at") or ""), obj.get("id") or 0)
 
