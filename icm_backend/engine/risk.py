@@ -59,6 +59,7 @@ import math
 import random
 from dataclasses import asdict, dataclass, field
 
+from icm_backend.engine.types import UNRELIABLE, Prediction
 from icm_backend.errors import InputError
 
 DEFAULT_TARGETS = (0.01, 0.02, 0.05)
@@ -253,6 +254,21 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def from_predictions(preds: list[Prediction]) -> tuple[list[Item], bool, list[str]]:
+    """What `icm-backend label` wrote -> (items keyed by row index, reliable, reasons). Fixed (human) rows are
+    not items; the labelling is unreliable when its rows carry the UNRELIABLE flag (calibration.assess puts
+    it on every row, with the reason)."""
+    items, reasons = [], []
+    for p in preds:
+        if p.fixed:
+            continue
+        for f in p.flags:
+            if f.kind == UNRELIABLE and f.reason not in reasons:
+                reasons.append(f.reason)
+        items.append(Item(key=p.index, confidence=float(p.confidence), label=p.label, flagged=bool(p.flags)))
+    return items, not reasons, reasons
+
+
 # -- exact binomial bounds ---------------------------------------------------------------------------
 def _binom_cdf(k: int, n: int, p: float) -> float:
     """P[Binomial(n, p) <= k], summed in log space (exact up to rounding; k, n up to ~1e5 here)."""
@@ -353,6 +369,27 @@ def coverage_curve(items: list[Item]) -> list[CurvePoint]:
         if i + 1 in ends:
             out.append(CurvePoint(i + 1, (i + 1) / total, it.confidence, err / (i + 1)))
     return out
+
+
+def true_curve(items: list[Item], correct: dict[int, bool]) -> list[CurvePoint]:
+    """The coverage-error curve with the *true* error (from gold labels) in `estimated_error`'s place, at the
+    same prefix ends; items without a gold label are left out of both counts."""
+    order, total = ranked(items), max(len(items), 1)
+    ends = set(block_ends(order))
+    out, wrong, known = [], 0, 0
+    for i, it in enumerate(order):
+        if it.key in correct:
+            known += 1
+            wrong += not correct[it.key]
+        if i + 1 in ends and known:
+            out.append(CurvePoint(i + 1, (i + 1) / total, it.confidence, wrong / known))
+    return out
+
+
+def true_error(keys: list[int], correct: dict[int, bool]) -> float | None:
+    """The share of `keys` whose label is wrong, among those with a gold label (None if none has one)."""
+    known = [correct[k] for k in keys if k in correct]
+    return None if not known else sum(not c for c in known) / len(known)
 
 
 def thin_curve(curve: list[CurvePoint], points: int) -> list[CurvePoint]:
