@@ -236,6 +236,11 @@ class RiskReport:
                 f"{_pct(r['estimated_error']):>7} | {_dash(r['audited']):>6} {_dash(r['wrong']):>5} "
                 f"{_pct(r['observed_error']):>7} {_pct(r['bound']):>8} | {_dash(r['accepted_size']):>6} "
                 f"{_pct(r['accepted_coverage']):>7} | {r['status']}")
+        if self.audit is None:
+            lines.append("no audit yet: the figures are estimates only, nothing is accepted")
+        elif not self.audit_complete:
+            lines.append(f"audit incomplete: {self.audit_labelled} of {len(self.audit.keys)} sampled tasks labelled; "
+                         "nothing is certified until all are")
         for c in self.certified:
             if c.note:
                 lines.append(f"{c.target:.1%}: {c.note}")
