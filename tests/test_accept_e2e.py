@@ -102,7 +102,7 @@ def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path
     assert sorted(accepted + review + audit) == sorted(gold)  # every task in exactly one tab
     titles = {m: v["data"]["title"] for m, v in views.items()}
     assert titles["audit"] == f"ICM audit: 0/{AUDIT} labelled"
-    assert titles["accept"].startswith(f"ICM accept ≤{float(TARGET):.0%}: {len(accepted)} · est ")
+    assert titles["accept"].startswith(f"ICM accept ≤{float(TARGET) * 100:.3g}%: {len(accepted)} · est ")
     assert "not audited yet" in titles["accept"]
     assert titles["review"].startswith(f"ICM review first: {len(review)} (")
     assert views["review"]["data"]["ordering"] == ["tasks:predictions_score"]

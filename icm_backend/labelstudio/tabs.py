@@ -62,6 +62,10 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def _target(t: float) -> str:
+    return f"{t * 100:.3g}%"  # 5% -> "5%", 2.5% -> "2.5%"
+
+
 def plan_tabs(report: RiskReport, keys: list[int], flagged: set[int], unlabelled: set[int]) -> TabPlan:
     """Marks and titles from a report over task ids. `keys`: the report's tasks (every task with a
     prediction of the version); `flagged`: those the labelling flagged; `unlabelled`: those without any
@@ -89,18 +93,18 @@ def plan_tabs(report: RiskReport, keys: list[int], flagged: set[int], unlabelled
             wrong = f", {cert.errors} wrong in the accepted set" if cert.certified else f", {cert.errors} wrong"
         tabs.append(Tab(AUDIT, f"{TITLES[AUDIT]}: {done}/{len(audit)} labelled{wrong}", len(audit)))
     if not report.reliable:
-        title = f"{TITLES[ACCEPT]} ≤{target:.0%}: 0 (labelling unreliable)"
+        title = f"{TITLES[ACCEPT]} ≤{_target(target)}: 0 (labelling unreliable)"
     elif cert is not None and cert.certified:
-        title = (f"{TITLES[ACCEPT]} ≤{target:.0%}: {len(accept)} · est {_pct(cert.estimated_error)} · audited "
+        title = (f"{TITLES[ACCEPT]} ≤{_target(target)}: {len(accept)} · est {_pct(cert.estimated_error)} · audited "
                  f"{cert.errors}/{cert.audited} wrong · bound {_pct(cert.bound)}")
     elif cert is not None:
-        title = (f"{TITLES[ACCEPT]} ≤{target:.0%}: 0 · not certified (est {_pct(cert.estimated_error)}, audited "
+        title = (f"{TITLES[ACCEPT]} ≤{_target(target)}: 0 · not certified (est {_pct(cert.estimated_error)}, audited "
                  f"{cert.errors}/{cert.audited} wrong, bound {_pct(cert.bound)})")
     elif est is not None and est.size:
-        title = (f"{TITLES[ACCEPT]} ≤{target:.0%}: {len(accept)} · est {_pct(est.estimated_error)} · "
+        title = (f"{TITLES[ACCEPT]} ≤{_target(target)}: {len(accept)} · est {_pct(est.estimated_error)} · "
                  f"not audited yet ({report.audit_labelled}/{len(audit)})")
     else:
-        title = f"{TITLES[ACCEPT]} ≤{target:.0%}: 0 (no set is estimated within the target)"
+        title = f"{TITLES[ACCEPT]} ≤{_target(target)}: 0 (no set is estimated within the target)"
     tabs.append(Tab(ACCEPT, title, len(accept)))
     return TabPlan(marks, tabs, accept)
 
