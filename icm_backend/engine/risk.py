@@ -55,6 +55,7 @@ Figures are always shown side by side: estimated error, audited (observed) error
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import asdict, dataclass, field
@@ -481,12 +482,19 @@ def candidate_sizes(order: list[Item], drawn_from: int, sampled: int, target: fl
     over the audited count landing there (about Binomial(sampled, |S'| / drawn_from)) and with the error it
     would have if the estimate were `pessimism` times too low (it was measured optimistic); the others evenly
     spaced up to the whole sampled set. Each size is moved up to the end of its tie block."""
+    confs = tuple(it.confidence for it in order[:drawn_from])
+    return list(_candidate_sizes(confs, drawn_from, sampled, target, level, steps, pessimism, grid))
+
+
+@functools.lru_cache(maxsize=64)  # the same sets for every audit of one labelling (benches draw hundreds)
+def _candidate_sizes(confs: tuple[float, ...], drawn_from: int, sampled: int, target: float, level: float,
+                     steps: int, pessimism: float, grid: int) -> tuple[int, ...]:
     if sampled < zero_error_audit_size(target, level) or drawn_from < 1:
-        return []
-    ends = block_ends(order[:drawn_from])
+        return ()
+    ends = [i + 1 for i in range(len(confs)) if i + 1 == len(confs) or confs[i + 1] != confs[i]]
     cum, err = [0.0], 0.0
-    for it in order[:drawn_from]:
-        err += 1.0 - it.confidence
+    for c in confs:
+        err += 1.0 - c
         cum.append(err)
     step = max(1, len(ends) // grid)
     kmax = [max_errors_passing(n, target, level) for n in range(sampled + 1)]
@@ -503,15 +511,15 @@ def candidate_sizes(order: list[Item], drawn_from: int, sampled: int, target: fl
         if value > best_value:
             best, best_value = e, value
     if best is None:
-        return []
+        return ()
     want = [best] if steps == 1 or best == drawn_from else [
         round(best + (drawn_from - best) * j / (steps - 1)) for j in range(steps)]
-    out = []
+    out: list[int] = []
     for w in want:
         e = next((e for e in ends if e >= w), drawn_from)
         if not out or e > out[-1]:
             out.append(e)
-    return out
+    return tuple(out)
 
 
 def apply_audit(items: list[Item], report: RiskReport, plan: AuditPlan, correct: dict[int, bool]) -> RiskReport:
