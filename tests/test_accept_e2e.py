@@ -62,7 +62,8 @@ def _views(label_studio, project: int) -> dict[str, dict]:
 
 def _tab_tasks(ls, project: int, view_id: int) -> list[int]:
     """The tasks LS itself lists in the tab (its filters applied by LS)."""
-    return sorted(t.id for t in ls.tasks.list(project=project, view=view_id, page_size=200))
+    # one page (N_TASKS < 200): the SDK's pager would ask for a page past the last, which LS answers with 404
+    return sorted(t.id for t in ls.tasks.list(project=project, view=view_id, page_size=200).items or [])
 
 
 def _accept_state(backend, project: int, newer_than: int = 0) -> dict | None:
