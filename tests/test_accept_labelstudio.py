@@ -262,3 +262,25 @@ def test_label_studio_unreachable_leaves_the_labelling_done(make, accept_env):
     app, backend = make(ls)
     job = run_job(backend)
     assert job.status == "done" and "no risk report" in job.message and "error" in job.state["accept"]
+
+
+def test_the_crowd_comparison_does_not_count_accepted_predictions_as_crowd_labels():
+    from icm_backend.compare.project import read_project
+
+    pred = {"id": 70, "model_version": VERSION, "score": 0.9, "result": choice("Positive")}
+
+    class Client:
+        def project(self, project):
+            return {"label_config": CLASSIFY_XML}
+
+        def users(self):
+            return {}
+
+        def tasks_with_labels(self, project):
+            return [{"id": 1, "annotations": [{"id": 1, "result": choice("Positive"), "parent_prediction": 70,
+                                               "completed_by": 5}], "predictions": [pred]},
+                    {"id": 2, "annotations": [{"id": 2, "result": choice("Negative"), "completed_by": 5}],
+                     "predictions": [{**pred, "id": 71}]}]
+
+    inp, _, _ = read_project(Client(), 1)
+    assert [(c.task, c.label) for c in inp.crowd] == [(2, "Negative")]
