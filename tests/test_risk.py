@@ -220,3 +220,30 @@ def test_the_audited_bound_holds_in_at_least_95_percent_of_audits_when_confidenc
             held += 1  # nothing claimed: nothing wrong
     assert certified >= draws // 10, f"the audit certified a set on only {certified} of {draws} draws"
     assert held / draws >= 0.95
+
+
+def test_from_predictions_reads_what_label_wrote():
+    from icm_backend.engine.risk import from_predictions, true_curve, true_error
+    from icm_backend.engine.types import UNRELIABLE, Flag, Prediction
+
+    preds = [Prediction(0, "a", 0.9), Prediction(1, "b", 0.8, flags=[Flag("low_confidence", (), "low")]),
+             Prediction(2, "a", 1.0, fixed=True)]
+    items, reliable, reasons = from_predictions(preds)
+    assert [(it.key, it.flagged) for it in items] == [(0, False), (1, True)] and reliable and reasons == []
+    bad = [Prediction(i, "a", 0.9, flags=[Flag(UNRELIABLE, (), "at chance")]) for i in range(3)]
+    assert from_predictions(bad)[1:] == (False, ["at chance"])
+    items = [Item(0, 0.99), Item(1, 0.9), Item(2, 0.8)]
+    correct = {0: True, 1: False, 2: True}
+    assert [(p.size, round(p.estimated_error, 3)) for p in true_curve(items, correct)] == [(1, 0.0), (2, 0.5),
+                                                                                           (3, 0.333)]
+    assert true_error([1, 2, 7], correct) == 0.5 and true_error([7], correct) is None
+
+
+def test_server_settings_name_the_variable():
+    from icm_backend.server.accept_job import AcceptSettings
+
+    s = AcceptSettings.from_env({"ICM_ACCEPT_TARGETS": "0.02, 0.1", "ICM_AUDIT_SIZE": "40"})
+    assert s.targets == (0.02, 0.1) and s.audit_size == 40 and s.risk_config().primary == 0.1
+    with pytest.raises(InputError, match="ICM_ACCEPT_TARGETS"):
+        AcceptSettings.from_env({"ICM_ACCEPT_TARGETS": "five percent"})
+    assert AcceptSettings.from_env({"ICM_ACCEPT": "0"}).enabled is False
