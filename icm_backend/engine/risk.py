@@ -29,7 +29,7 @@ whether the labelling flagged it for review) and the labelling's verdict (calibr
 4. Bound. U(k, n) is the exact one-sided Clopper-Pearson upper bound at level gamma (default 95%) on an
    error rate after k errors in n audited tasks: the p with P[Binomial(n, p) <= k] = 1 - gamma (U = 1 when
    k = n or n = 0). For k = 0 it is 1 - (1 - gamma)^(1/n). The audited tasks are a sample without
-   replacement from a finite set, which varies less than the binomial: the bound is conservative there.
+   replacement from a finite set, which varies less than the binomial: the bound is (generally) conservative.
 
 5. Re-choosing after the audit, and what the bound then means. For a *fixed* prefix S' of S, the audited
    tasks that fall in S' are a uniform sample of S' (given how many fall there), so U on them is a valid
@@ -39,10 +39,15 @@ whether the labelling flagged it for review) and the labelling's verdict (calibr
    confidences, m and |S| only (`candidate_sizes`: S_1 maximises |S_1| x the chance its test passes were
    its error 1.5 x the estimate; then `audit_steps` evenly spaced sizes up to S); they are tested in that
    order and testing stops at the first that fails. The accepted set is the last one that
-   passed. The probability that it (or any passed set) has a true error above t is at most 1 - gamma,
-   because a wrong claim needs the first false hypothesis in the sequence to pass, which has probability
-   <= 1 - gamma on its own. The claim is about the error *rate of that set of tasks* (a finite set, the
-   audit being the only randomness); it says nothing about tasks added to the project later.
+   passed. What is guaranteed is the *target*: the probability that the accepted set (or any passed set)
+   has a true error above t is at most 1 - gamma, because a wrong claim needs the first candidate whose
+   true error exceeds t (which candidate that is does not depend on the audit) to pass, which has
+   probability <= 1 - gamma on its own. The bound shown beside it, U on the audited tasks inside the
+   accepted set, is that set's exact bound taken alone; as the set was chosen with the audit, its own 95%
+   is not guaranteed by this argument (it is at most t, so the target claim covers it): bench_accept.py
+   measures how often it holds. The claim is about the error *rate of that set of tasks* (a finite set,
+   the audit being the only randomness), assumes the audit's labels are right, and says nothing about
+   tasks added to the project later.
    An incomplete audit (some sampled tasks still unlabelled) certifies nothing: people may leave the hard
    ones for last, and the labelled part would no longer be a random sample.
    If nothing passes, the report says so and how many more audited tasks, all correct, would certify the
