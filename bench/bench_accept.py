@@ -51,7 +51,7 @@ def audits(items, gold: dict[int, bool], target: float, draws: int, level: float
     coverages, sizes, bounds, true_errs = [], [], [], []
     for seed in range(draws):
         report = risk_report(items, config=cfg)
-        plan = plan_audit(report, seed=seed, size=size)
+        plan = plan_audit(report, seed=seed, size=size, items=items)  # the product's frame, as the server's
         if plan is None:
             return {"draws": draws, "audit_size": 0, "certified": 0, "held": draws, "held_rate": 1.0,
                     "mean_coverage": 0.0, "note": "no safe set: nothing to audit"}

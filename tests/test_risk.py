@@ -247,3 +247,18 @@ def test_server_settings_name_the_variable():
     with pytest.raises(InputError, match="ICM_ACCEPT_TARGETS"):
         AcceptSettings.from_env({"ICM_ACCEPT_TARGETS": "five percent"})
     assert AcceptSettings.from_env({"ICM_ACCEPT": "0"}).enabled is False
+
+
+def test_the_audit_frame_is_a_prefix_of_the_largest_safe_set_chosen_before_any_label():
+    from icm_backend.engine.risk import frame_size
+
+    items, _ = calibrated()
+    rep = risk_report(items)
+    largest = max(rep.safe_sets, key=lambda s: s.size)
+    plan = plan_audit(rep, seed=3, items=items)
+    order = [it.key for it in ranked(items)]
+    assert plan.drawn_from == frame_size(ranked(items)[:largest.size], 153, 0.05, 0.95) <= largest.size
+    assert set(plan.keys) <= set(order[:plan.drawn_from]) and len(plan.keys) == min(153, plan.drawn_from)
+    assert plan.drawn_from > len(plan.keys)  # room for tasks accepted unread
+    # a frame never grows when the labelling claims more than it is (more pessimism: smaller or equal frame)
+    assert frame_size(ranked(items)[:largest.size], 153, 0.05, 0.95, pessimism=3.0) <= plan.drawn_from

@@ -88,7 +88,7 @@ def run(args) -> int:
     items, reliable, reasons = from_predictions(preds)
     config = RiskConfig(targets=parse_targets(args.targets), primary=args.primary, level=args.level)
     report = risk_report(items, reliable, reasons, config)
-    plan = plan_audit(report, seed=args.seed, size=args.audit_size)
+    plan = plan_audit(report, seed=args.seed, size=args.audit_size, items=items)
     gold = gold_correct(preds, args.gold, args.gold_field, parse_labels(args.label_words)) if args.gold else None
     if args.audit_from_gold and gold is None:
         raise InputError("--audit-from-gold needs --gold")

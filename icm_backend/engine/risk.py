@@ -20,11 +20,17 @@ whether the labelling flagged it for review) and the labelling's verdict (calibr
 
 3. Audit. The estimate is optimistic exactly where it matters (measured: estimated accuracy 0.81 where
    the true one was 0.70), so a claim must be checked by people. The audit is a uniform random sample
-   without replacement of S, the largest safe set over the targets (every other target's set is a prefix
-   of it). Its size m (`audit_size`) is the smallest audit that certifies the *primary* target t even when
-   it finds errors at `tolerance` x t (default half the target): the smallest m with
-   U(floor(m * tolerance * t), m) <= t. At 95% that is 153 for t = 5% (59 if it must find no error at
-   all), 386 for 2%, 773 for 1%; it is capped by `max_audit` and by |S|.
+   without replacement of its frame S: a prefix of the largest safe set over the targets (every other
+   target's set is a prefix of it too). Its size m (`audit_size`) is the smallest audit that certifies the
+   *primary* target t even when it finds errors at `tolerance` x t (default half the target): the smallest
+   m with U(floor(m * tolerance * t), m) <= t. At 95% that is 153 for t = 5% (59 if it must find no error
+   at all), 386 for 2%, 773 for 1%; it is capped by `max_audit` and by |S|. The frame (`frame_size`) is
+   the prefix where the audit is expected to let the most tasks through unread, (|S| - m) x P[its test
+   passes], that probability taken as if the estimate were 1.5 times too optimistic: audits spent on the
+   least confident end of a set that cannot pass are wasted (measured on a synthetic labelling whose
+   true error is 1.3 x the estimate: 17 of 60 audits certified a set with this frame, 4 of 60 with the
+   whole safe set). It is chosen from the confidences alone, before any label is seen. Only the frame can
+   be accepted after the audit: the tasks beyond it were never sampled.
 
 4. Bound. U(k, n) is the exact one-sided Clopper-Pearson upper bound at level gamma (default 95%) on an
    error rate after k errors in n audited tasks: the p with P[Binomial(n, p) <= k] = 1 - gamma (U = 1 when
@@ -441,8 +447,13 @@ def risk_report(items: list[Item], reliable: bool = True, reasons: list[str] | N
                       reasons=reasons, config=config, curve=curve, safe_sets=sets)
 
 
-def plan_audit(report: RiskReport, seed: int = 0, size: int | None = None) -> AuditPlan | None:
-    """A uniform sample of the largest safe set (module doc, point 3); None when there is no safe set."""
+def plan_audit(report: RiskReport, seed: int = 0, size: int | None = None, items: list[Item] | None = None,
+               pessimism: float = 1.5) -> AuditPlan | None:
+    """A uniform sample of the audit's frame (module doc, point 3); None when there is no safe set.
+
+    The frame is the largest safe set, or with `items` given, the prefix of it where the audit is expected
+    to certify the most tasks for the primary target (`frame_size`): audits spent on the least confident
+    end of a set that cannot pass are wasted."""
     if not report.safe_sets:
         return None
     largest = max(report.safe_sets, key=lambda s: s.size)
@@ -452,9 +463,35 @@ def plan_audit(report: RiskReport, seed: int = 0, size: int | None = None) -> Au
     m = size if size is not None else min(cfg.max_audit, audit_size(cfg.primary, cfg.level, cfg.tolerance))
     if m < 1:
         raise InputError(f"audit size: {m} must be at least 1")
-    m = min(m, largest.size)
-    keys = sorted(random.Random(seed).sample(sorted(largest.keys), m))
-    return AuditPlan(keys=keys, drawn_from=largest.size, level=cfg.level, seed=seed)
+    frame = largest.size
+    if items is not None:
+        frame = frame_size(ranked(items)[:largest.size], m, cfg.primary, cfg.level, pessimism)
+    m = min(m, frame)
+    keys = sorted(random.Random(seed).sample(sorted(largest.keys[:frame]), m))
+    return AuditPlan(keys=keys, drawn_from=frame, level=cfg.level, seed=seed)
+
+
+def frame_size(order: list[Item], m: int, target: float, level: float, pessimism: float = 1.5,
+               grid: int = 60) -> int:
+    """The prefix of `order` to draw an audit of m tasks from: the one maximising (|F| - m) x P[a test of F
+    on min(m, |F|) audited tasks passes] (the tasks it lets through unread), that probability taken with the error F would have if its estimate
+    were `pessimism` times too low. Uses the confidences only (fixed before any label is seen)."""
+    ends = block_ends(order)
+    if not ends:
+        return 0
+    cum, err = [0.0], 0.0
+    for it in order:
+        err += 1.0 - it.confidence
+        cum.append(err)
+    step = max(1, len(ends) // grid)
+    best, best_value = ends[-1], -1.0
+    for f in ends[::step] + [ends[-1]]:
+        n = min(m, f)
+        # what the audit buys: tasks accepted unread (the audited ones are read anyway)
+        value = (f - n) * pass_probability(n, min(1.0, pessimism * cum[f] / f), target, level)
+        if value > best_value:
+            best, best_value = f, value
+    return best
 
 
 def max_errors_passing(n: int, target: float, level: float) -> int:

@@ -79,7 +79,7 @@ def refresh(client, project: int, spec, version: str, verdict: dict | None, sett
         report.warnings.append(f"confidences not calibrated ({verdict['calibrated_on']}): the estimated error is "
                                "the model's raw probability; only the audit's bound means anything")
     if plan is None:
-        plan = plan_audit(report, seed=seed, size=settings.audit_size)
+        plan = plan_audit(report, seed=seed, size=settings.audit_size, items=items)
     if plan is not None:
         apply_audit(items, report, plan, audit_outcomes(tasks, spec, version, plan.keys))
     annotated = {int(t["id"]) for t in tasks if t.get("annotations")}
