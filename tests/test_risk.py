@@ -262,3 +262,10 @@ def test_the_audit_frame_is_a_prefix_of_the_largest_safe_set_chosen_before_any_l
     assert plan.drawn_from > len(plan.keys)  # room for tasks accepted unread
     # a frame never grows when the labelling claims more than it is (more pessimism: smaller or equal frame)
     assert frame_size(ranked(items)[:largest.size], 153, 0.05, 0.95, pessimism=3.0) <= plan.drawn_from
+
+
+def test_an_audit_that_cannot_certify_anything_still_samples_the_whole_safe_set():
+    items, _ = calibrated()
+    rep = risk_report(items, config=RiskConfig(targets=(0.01,)))
+    plan = plan_audit(rep, seed=1, items=items, size=100)  # 100 < 299: no frame can pass at 1%
+    assert plan.drawn_from == rep.safe_sets[0].size and len(plan.keys) == min(100, plan.drawn_from)

@@ -484,7 +484,7 @@ def frame_size(order: list[Item], m: int, target: float, level: float, pessimism
         err += 1.0 - it.confidence
         cum.append(err)
     step = max(1, len(ends) // grid)
-    best, best_value = ends[-1], -1.0
+    best, best_value = ends[-1], 0.0  # no frame can pass: audit the whole set (it still measures the error)
     for f in ends[::step] + [ends[-1]]:
         n = min(m, f)
         # what the audit buys: tasks accepted unread (the audited ones are read anyway)
