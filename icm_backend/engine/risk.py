@@ -280,8 +280,9 @@ def from_predictions(preds: list[Prediction]) -> tuple[list[Item], bool, list[st
         if p.fixed:
             continue
         for f in p.flags:
-            if f.kind == UNRELIABLE and f.reason not in reasons:
-                reasons.append(f.reason)
+            why = f.reason.removeprefix("labelling unreliable: ")  # calibration.assess's prefix; we say it once
+            if f.kind == UNRELIABLE and why not in reasons:
+                reasons.append(why)
         items.append(Item(key=p.index, confidence=float(p.confidence), label=p.label, flagged=bool(p.flags)))
     return items, not reasons, reasons
 
