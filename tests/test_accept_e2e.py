@@ -16,7 +16,7 @@ zero-shot on a few dozen SST-2 dev rows (gold kept outside LS).
 The targets are set for a 135M model at zero-shot (its confidences sit between 0.5 and 0.93): what this test
 checks is the mechanics, not a useful error rate; bench/bench_accept.py measures the bound.
 Measured here (2026-12-06, 70 s once the CPU lock was free): 25 of 32 tasks estimated within 45% (est 36.5%),
-audit 12 drawn from the top 20; after the audit (2 wrong, one on purpose) the top 21 certified (bound 43.8%),
+an audit of 12; after it (2 wrong, one on purpose) the top 21 certified (bound 43.8%),
 9 accepted unread through LS's action, none of them counted as a human label.
 """
 
