@@ -284,3 +284,17 @@ def test_the_crowd_comparison_does_not_count_accepted_predictions_as_crowd_label
 
     inp, _, _ = read_project(Client(), 1)
     assert [(c.task, c.label) for c in inp.crowd] == [(2, "Negative")]
+
+
+def test_an_uncalibrated_estimate_says_so_in_the_accept_title():
+    from icm_backend.engine.risk import Item, RiskConfig, plan_audit, risk_report
+    from icm_backend.labelstudio.tabs import plan_tabs
+
+    items = [Item(i, 0.99 - i * 0.001) for i in range(100)]
+    report = risk_report(items, config=RiskConfig(targets=(0.05,)))
+    report.audit = plan_audit(report, seed=1, size=20, items=items)
+    keys = [it.key for it in items]
+    plain = plan_tabs(report, keys, set(), set(keys)).tabs[-1].title
+    report.warnings.append("confidences not calibrated (none: no independent view for this method)")
+    raw = plan_tabs(report, keys, set(), set(keys)).tabs[-1].title
+    assert "(uncalibrated)" not in plain and raw == plain.replace(" · not audited", " (uncalibrated) · not audited")

@@ -101,7 +101,8 @@ def plan_tabs(report: RiskReport, keys: list[int], flagged: set[int], unlabelled
         title = (f"{TITLES[ACCEPT]} ≤{_target(target)}: 0 · not certified (est {_pct(cert.estimated_error)}, audited "
                  f"{cert.errors}/{cert.audited} wrong, bound {_pct(cert.bound)})")
     elif est is not None and est.size:
-        title = (f"{TITLES[ACCEPT]} ≤{_target(target)}: {len(accept)} · est {_pct(est.estimated_error)} · "
+        raw = " (uncalibrated)" if report.warnings else ""  # e.g. zero-shot: the model's raw probability
+        title = (f"{TITLES[ACCEPT]} ≤{_target(target)}: {len(accept)} · est {_pct(est.estimated_error)}{raw} · "
                  f"not audited yet ({report.audit_labelled}/{len(audit)})")
     else:
         title = f"{TITLES[ACCEPT]} ≤{_target(target)}: 0 (no set is estimated within the target)"
