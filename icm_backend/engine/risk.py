@@ -603,30 +603,31 @@ def apply_audit(items: list[Item], report: RiskReport, plan: AuditPlan, correct:
                 keys=[it.key for it in order[:chosen]]))
             continue
         # Not certified: the figures of the estimated safe set, and what more auditing would take.
-        n_s = min(s.size, plan.drawn_from)
+        n_s = min(s.size, plan.drawn_from)  # the audit says nothing beyond its frame
         a, e = aud[n_s], err[n_s]
         more = more_audits_needed(e, a, t, level)
         room = n_s - a  # unaudited tasks left in that set
+        where = (f"its estimated safe set ({n_s} tasks)" if n_s == s.size else
+                 f"the audited part of its estimated safe set (the {n_s} most confident of {s.size} tasks)")
+        bound = clopper_pearson_upper(e, a, level)
         if n_s == 0:
             note = f"cannot certify {t:.1%}: its estimated safe set is empty"
         elif more is None or more > room:
-            note = (f"cannot certify {t:.1%} with this audit: {e} error(s) in {a} audited tasks of its estimated "
-                    f"safe set ({n_s} tasks), bound {clopper_pearson_upper(e, a, level):.1%}; no sample of that set "
-                    f"can: only reading all {room} others (a census, the error then counted, not bounded) would")
+            note = (f"cannot certify {t:.1%} with this audit: {e} error(s) in {a} audited tasks of {where}, bound "
+                    f"{bound:.1%}; no sample of that set can: only reading all {room} others (a census, the error "
+                    "then counted, not bounded) would")
         elif more == 0:
-            note = (f"cannot certify {t:.1%} with this audit: its estimated safe set ({n_s} tasks) alone would pass "
-                    f"({e} error(s) in {a} audited, bound {clopper_pearson_upper(e, a, level):.1%}), but the sets are "
-                    f"tested in a fixed order and the first ({sizes[0]} tasks, {aud[sizes[0]]} audited, "
-                    f"{err[sizes[0]]} wrong) failed; claiming it now would be choosing after looking: a new audit "
-                    "is needed")
+            note = (f"cannot certify {t:.1%} with this audit: {where} alone would pass ({e} error(s) in {a} audited, "
+                    f"bound {bound:.1%}), but the sets are tested in a fixed order and the first ({sizes[0]} tasks, "
+                    f"{aud[sizes[0]]} audited, {err[sizes[0]]} wrong) failed; claiming it now would be choosing "
+                    "after looking: a new audit is needed")
         else:
             first = sizes[0] if sizes else None
             why = (f"the first set tested ({first} tasks, {aud[first]} audited, {err[first]} wrong) failed" if first else
                    f"{len(plan.keys)} audited tasks are fewer than the {zero_error_audit_size(t, level)} a "
                    f"zero-error audit needs")
-            note = (f"cannot certify {t:.1%} with this audit ({why}): {e} error(s) in {a} audited tasks of its "
-                    f"estimated safe set ({n_s} tasks), bound {clopper_pearson_upper(e, a, level):.1%}; {more} more "
-                    f"audited tasks from that set, all correct, would certify it")
+            note = (f"cannot certify {t:.1%} with this audit ({why}): {e} error(s) in {a} audited tasks of {where}, "
+                    f"bound {bound:.1%}; {more} more audited tasks from that set, all correct, would certify it")
         report.certified.append(Certified(
             t, False, 0, 0.0, None, s.estimated_error, a, e, (e / a) if a else None,
             clopper_pearson_upper(e, a, level), more_audits_needed=more, note=note))
