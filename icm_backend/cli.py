@@ -9,11 +9,11 @@ import sys
 
 from icm_backend.errors import InputError
 
-from icm_backend.commands import compare, demo, eval, finetune, jobs, label, serve
+from icm_backend.commands import compare, demo, eval, finetune, jobs, label, report, serve
 
 # Each command module adds its subcommand(s); their heavy imports (Flask, peft, crowd-kit) happen
 # inside the command, so `--help` stays fast and a missing optional extra breaks only its command.
-SUBCOMMANDS = (label, eval, demo, serve, jobs, finetune, compare)
+SUBCOMMANDS = (label, eval, report, demo, serve, jobs, finetune, compare)
 
 
 def build_parser() -> argparse.ArgumentParser:

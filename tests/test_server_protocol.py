@@ -220,7 +220,7 @@ def test_versions_follow_model_dir(make_app, tmp_path):
     app = make_app()
     client = app.test_client()
     assert client.get("/versions").json == {"versions": ["icm-smollm2-135m"], "current": "icm-smollm2-135m",
-                                            "pinned": None, "details": [], "labelling": {}}
+                                            "pinned": None, "details": [], "labelling": {}, "accept": {}}
     vdir = tmp_path / "model" / "versions"
     (vdir / "ft0001-20261127T000000").mkdir(parents=True)
     (vdir / "ft0001-20261127T000000" / "adapter_config.json").write_text("{}")

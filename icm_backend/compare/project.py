@@ -33,6 +33,7 @@ from icm_backend.errors import InputError
 from icm_backend.engine.types import Prediction
 from icm_backend.labelstudio.client import LSClient
 from icm_backend.labelstudio.config import LabelConfigError, ProjectSpec, parse_label_config
+from icm_backend.labelstudio.annotations import annotation_label, unchanged_from_prediction
 
 REVIEW_VERSION = "icm-compare-review"
 
@@ -92,6 +93,9 @@ def read_project(client: LSClient, project_id: int, icm_model_version: str | Non
             if ann.get("ground_truth"):
                 gold[tid] = label
                 continue
+            if unchanged_from_prediction(ann, annotation_label(ann.get("result") or [], cfg)[0],
+                                         t.get("predictions") or [], cfg):
+                continue  # a prediction accepted through LS: the model's label, not a crowd label
             who = ann.get("completed_by")
             crowd.append(CrowdLabel(tid, users.get(who, str(who)), label))
         best = None

@@ -79,5 +79,5 @@ def read_predictions(path: str | Path) -> list[Prediction]:
             if key not in r:
                 raise InputError(f"{path}: row {i}: missing field '{key}' (is this an `icm-backend label` output?)")
         out.append(Prediction(index=int(r["index"]), label=str(r["label"]), confidence=float(r["confidence"]),
-                              flags=[Flag.from_json(f) for f in r.get("flags") or []]))
+                              flags=[Flag.from_json(f) for f in r.get("flags") or []], fixed=bool(r.get("fixed"))))
     return out

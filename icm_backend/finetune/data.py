@@ -78,7 +78,8 @@ def training_set_from_ls_tasks(tasks: list[dict], spec, include_icm: bool = Fals
     labelled: dict[int, TrainingRow] = {}
     for t in tasks:
         tid = t.get("id")
-        human, skipped, conflict = resolve_task_annotations(tid, t.get("annotations") or [], spec)
+        human, skipped, conflict = resolve_task_annotations(tid, t.get("annotations") or [], spec,
+                                                           t.get("predictions") or [])
         out.skipped.extend(skipped)
         out.conflicts += int(conflict)
         row = None if human is None else TrainingRow(row={}, label=human.label, source="human", task_id=tid,

@@ -5,6 +5,11 @@ Rules (documented in docs/finetune.md):
   choices outside the label set are dropped, each with a reason.
 - Several valid annotations of one task: majority vote; a tie goes to the most recently updated one.
 - Provisional predictions (zero-shot stand-ins, version "...-provisional") never count as ICM labels.
+- An annotation made from a prediction (LS records its `parent_prediction`: the Data Manager's "Create
+  Annotations From Predictions", or a pre-annotation submitted as is) is the model's label, not a human's,
+  while its label is the prediction's: it never counts as human evidence (calibration, the promotion gate,
+  a trial verdict, training). Once a person changes the label, it does. With the parent prediction not
+  among the task's predictions (deleted, or not passed), nobody can tell it was changed: not human.
 """
 
 from __future__ import annotations
@@ -52,13 +57,39 @@ def annotation_label(result: list[dict], spec: ProjectSpec) -> tuple[str | None,
     return None, f"empty result: no choice in control {spec.from_name!r}"
 
 
-def _when(obj: dict) -> tuple:
+def _when(obj: dict) -> tuple:  # also used by risk_items: one "newest" rule
     # Latest = updated_at, then created_at, then id (ISO strings sort chronologically).
     return (str(obj.get("updated_at") or ""), str(obj.get("created_at") or ""), obj.get("id") or 0)
 
 
-def resolve_task_annotations(task_id, annotations: list[dict], spec: ProjectSpec) -> tuple[TaskLabel | None, list[dict], bool]:
-    """One task's annotations -> (its label, or None; skipped entries {task, annotation, reason}; had_conflict)."""
+def _parent_id(ann: dict) -> int | None:
+    # LS 1.23.2 serialises the foreign key as an id; be lenient about a nested {"id": ...}.
+    parent = ann.get("parent_prediction")
+    if isinstance(parent, dict):
+        parent = parent.get("id")
+    return parent if isinstance(parent, int) and not isinstance(parent, bool) else None
+
+
+def unchanged_from_prediction(ann: dict, label: str, predictions: list[dict], spec: ProjectSpec) -> str:
+    """Why `ann` (whose label is `label`) is the model's label rather than a person's; "" when a person's.
+    See the module's rules: made from a prediction and holding that prediction's label."""
+    parent = _parent_id(ann)
+    if parent is None:
+        return ""
+    pred = next((p for p in predictions or [] if p.get("id") == parent), None)
+    if pred is None:
+        return (f"made from prediction #{parent}, which is not among the task's predictions: cannot tell a person "
+                "changed it, so not a human label")
+    if annotation_label(pred.get("result") or [], spec)[0] == label:
+        return f"made from prediction #{parent} and its label unchanged: the model's label, not a human's"
+    return ""
+
+
+def resolve_task_annotations(task_id, annotations: list[dict], spec: ProjectSpec,
+                             predictions: list[dict] | None = None) -> tuple[TaskLabel | None, list[dict], bool]:
+    """One task's annotations -> (its label, or None; skipped entries {task, annotation, reason}; had_conflict).
+    `predictions`: the task's predictions, to tell an annotation a person changed from one made from a
+    prediction and left as is (module rules)."""
     skipped, valid = [], []
     for ann in annotations or []:
         aid = ann.get("id")
@@ -67,6 +98,10 @@ def resolve_task_annotations(task_id, annotations: list[dict], spec: ProjectSpec
             continue
         label, why = annotation_label(ann.get("result") or [], spec)
         if label is None:
+            skipped.append({"task": task_id, "annotation": aid, "reason": why})
+            continue
+        why = unchanged_from_prediction(ann, label, predictions or [], spec)
+        if why:
             skipped.append({"task": task_id, "annotation": aid, "reason": why})
             continue
         valid.append((label, ann))
@@ -85,7 +120,7 @@ def human_labels(tasks: list[dict], spec: ProjectSpec) -> dict[int, str]:
     out = {}
     for t in tasks:
         if t.get("annotations"):
-            got, _, _ = resolve_task_annotations(t["id"], t["annotations"], spec)
+            got, _, _ = resolve_task_annotations(t["id"], t["annotations"], spec, t.get("predictions"))
             if got is not None:
                 out[int(t["id"])] = got.label
     return out

@@ -82,6 +82,29 @@ class LSClient:
     def update_task_meta(self, task_id: int, meta: dict) -> None:
         self.sdk.tasks.update(id=str(task_id), meta=meta)
 
+    def update_task_data(self, task_id: int, data: dict) -> None:
+        """Replace a task's data (LS 1.23.2's PATCH replaces the whole `data` object: pass all of it)."""
+        self.sdk.tasks.update(id=str(task_id), data=data)
+
+    # -- Data Manager tabs (views) ----------------------------------------------------------
+    # Raw requests through the SDK's HTTP client (its auth and base URL): the SDK's typed view models
+    # re-shape filters, and these payloads must reach LS exactly as /api/dm/views takes them.
+    def _api(self, method: str, path: str, **kw):
+        resp = self.sdk._client_wrapper.httpx_client.request(path, method=method, **kw)
+        if not 200 <= resp.status_code < 300:
+            raise RuntimeError(f"{method} /{path}: Label Studio answered {resp.status_code}: {resp.text[:300]}")
+        return resp.json() if resp.content else None
+
+    def views(self, project: int) -> list[dict]:
+        """The project's Data Manager tabs: [{"id", "project", "data": {"title", "filters", "ordering", ...}}]."""
+        return list(self._api("GET", "api/dm/views/", params={"project": project}) or [])
+
+    def create_view(self, project: int, data: dict) -> dict:
+        return self._api("POST", "api/dm/views/", json={"project": project, "data": data})
+
+    def update_view(self, view_id: int, project: int, data: dict) -> dict:
+        return self._api("PATCH", f"api/dm/views/{view_id}/", json={"project": project, "data": data})
+
     # -- predictions ----------------------------------------------------------------------
     # LS's bulk import stores at most PREDICTION_IMPORT_BATCH_SIZE (500) predictions per bulk_create, one
     # transaction: a request of <= 500 items is stored whole or not at all.

@@ -361,11 +361,13 @@ def create_app(config: ServerConfig | None = None, *, host: ModelHost | None = N
 def _register_features(backend: Backend) -> None:
     """The one place features plug into the server: their job kinds and webhook handlers."""
     from icm_backend.finetune import hooks as finetune
+    from icm_backend.server import accept_job as accept
 
-    for kind, factory in finetune.JOB_KINDS.items():
-        backend.runner.register(kind, factory(backend))
-    for action, handler in finetune.EVENT_HANDLERS:
-        backend.events.on_event(action, handler)
+    for feature in (finetune, accept):
+        for kind, factory in feature.JOB_KINDS.items():
+            backend.runner.register(kind, factory(backend))
+        for action, handler in feature.EVENT_HANDLERS:
+            backend.events.on_event(action, handler)
 
 
 def get_backend(app: Flask) -> Backend:

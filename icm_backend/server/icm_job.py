@@ -158,6 +158,9 @@ class ICMJob:
             verdict = "; UNRELIABLE labelling: " + "; ".join(v["reasons"])
         elif v and v["estimated_accuracy"] is not None:
             verdict = f"; estimated accuracy {v['estimated_accuracy']:.2f}"
+        # -- issue 21, accept with a stated error: risk report, audit sample, Data Manager tabs (never fails the job)
+        from icm_backend.server.accept_job import after_labelling
+        verdict += after_labelling(self, ctx, spec, state)
         return (f"{total - failed} tasks labelled{human_note}, {flagged} flagged for review{failed_note}, "
                 f"{where}{verdict}")
 

@@ -121,6 +121,9 @@ class Backend:
             out["current"] = self.model_version(project)
         out["pinned"] = self.pin(project)
         out["labelling"] = self.labelling_verdicts(project)
+        from icm_backend.server.accept_job import latest_figures
+
+        out["accept"] = latest_figures(self.jobs, project)  # per project: estimated, audited, bound per target
         return out
 
     def labelling_verdicts(self, project: int | None = None) -> dict[str, dict]:
