@@ -87,7 +87,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=float, default=20.0, help="seconds of job before anything is measured")
     ap.add_argument("--control", type=float, default=30.0,
                     help="then seconds of job alone (no clients): its own memory growth, to set the load's apart")
-    ap.add_argument("--shard", type=int, default=32, help="ICM_JOB_SHARD_SIZE of the running job")
+    ap.add_argument("--shard", type=int, default=32, help="ICM_CHUNK_SIZE of the running job")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="icm-bench-load-"))
@@ -102,7 +102,7 @@ def main() -> int:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LABEL_STUDIO_", "BASIC_AUTH_"))}
     env.update({"MODEL_DIR": str(model_dir), "ICM_MODEL": args.model, "HF_HUB_OFFLINE": "1",
-                "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "ICM_JOB_SHARD_SIZE": str(args.shard)})
+                "PYTHONPATH": str(REPO), "LOG_LEVEL": "WARNING", "ICM_CHUNK_SIZE": str(args.shard)})
     log = open(work / "backend.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "icm_backend.cli", "serve", "--port", str(port),
                              "--threads", str(args.threads)], stdout=log, stderr=subprocess.STDOUT, env=env,

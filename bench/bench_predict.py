@@ -76,7 +76,7 @@ def main() -> int:
     os.environ.setdefault("ICM_MODEL", "smollm2-135m")
     tmp = Path(tempfile.mkdtemp(prefix="icm-bench-"))
     cfg = ServerConfig(model_dir=tmp, model_name=os.environ["ICM_MODEL"], method=args.method,
-                       max_iters=args.max_iters or None, shard_size=args.shard_size)
+                       max_iters=args.max_iters or None, chunk_size=args.shard_size)
     host = None
     if args.fake:
         sys.path.insert(0, str(REPO / "tests"))
@@ -116,7 +116,7 @@ def main() -> int:
         big = sst2_tasks(args.job_tasks, start_id=10_000)
         big_s, state = run_job(app, 2, big)
         rows.append((f"whole-project job ({args.method}), {len(big)} tasks", f"{big_s:.1f} s",
-                     f"{len(big) / big_s:.2f} tasks/s, {len(state.get('done_shards', []))} shard(s), "
+                     f"{len(big) / big_s:.2f} tasks/s, {state.get('written', 0)} written, "
                      f"{state.get('flagged', 0)} flagged"))
     finally:
         srv.shutdown()

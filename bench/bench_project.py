@@ -3,12 +3,10 @@
     # 1. scale, on a REAL Label Studio 1.23.2 (.venv-ls) with the backend as a real server:
     #    2,000 SST-2 texts (dev + test), ICM_METHOD=zero-shot, smollm2-135m
     flock /tmp/icm-cpu.lock python bench/bench_project.py scale
-    # 2. shards that learn: default ICM (gemma3-270m) on 512 SST-2 dev texts, 4 shards of 128, with and without
-    #    the confident labels of finished shards carried in as fixed examples. Resumable: each call runs at most
-    #    --budget-s seconds (the job resumes from its checkpoints next time); run until it says "done".
-    flock /tmp/icm-cpu.lock python bench/bench_project.py carry --carry on
-    flock /tmp/icm-cpu.lock python bench/bench_project.py carry --carry off
-    # 3. the tables (scale, carry, what 10k / 100k tasks cost at the measured rates)
+    #    (--method icm: the default job, ICM on a core and one pass for the rest, in chunks of --shard-size)
+    # 2. (the carry-over of labels between shards it also measured went with the shards; its results are in
+    #    bench/RESULTS.md)
+    # 3. the tables (scale, what 10k / 100k tasks cost at the measured rates)
     python bench/bench_project.py table
 
 Results accumulate in --workdir (default /tmp/icm-bench-project/results.json).
@@ -79,7 +77,7 @@ def scale(args) -> None:
     ls_server = LabelStudioServer.start(work / "ls")
     backend = BackendProcess(port=free_port(), model_dir=work / "model", env={
         "ICM_MODEL": args.model, "ICM_METHOD": args.method, "LABEL_STUDIO_URL": ls_server.url,
-        "LABEL_STUDIO_API_KEY": ls_server.token, "ICM_JOB_SHARD_SIZE": str(args.shard_size), "LOG_LEVEL": "INFO"})
+        "LABEL_STUDIO_API_KEY": ls_server.token, "ICM_CHUNK_SIZE": str(args.shard_size), "LOG_LEVEL": "INFO"})
     backend.start()
     ls = ls_server.client
     H = ls_server.headers
@@ -111,7 +109,7 @@ def scale(args) -> None:
         job = wait_for(lambda: (requests.get(backend.url + "/jobs", timeout=5).json()["jobs"] or [None])[0],
                        30, "the job")
         job_url = f"{backend.url}/jobs/{job['id']}"
-        first = wait_for(lambda: (lambda j: (j["status"] in ("done", "failed") or j["state"].get("done_shards"))
+        first = wait_for(lambda: (lambda j: (j["status"] in ("done", "failed") or j["state"].get("written"))
                                   and j)(requests.get(job_url, timeout=5).json()), 3600, "the first shard")
         out["first_shard_s"] = time.monotonic() - t_start
         if first["status"] == "running":
@@ -187,79 +185,6 @@ def _dm_tasks(server, project: int, fields: str) -> list[dict]:
 
 
 # -- 2. shards that learn --------------------------------------------------------------------------
-def carry(args) -> None:
-    from icm_backend.jobs.db import Database
-    from icm_backend.jobs.predictions import PredictionStore
-    from icm_backend.jobs.queue import JobStore
-    from icm_backend.server.app import create_app, get_backend
-    from icm_backend.server.config import ServerConfig
-    from icm_backend.server.icm_job import CARRY_MAX, shard_tasks
-
-    data = sst2("dev")[:args.tasks]
-    tasks = [{"id": i + 1, "data": {"text": t}} for i, (t, _) in enumerate(data)]
-    gold = {i + 1: g for i, (_, g) in enumerate(data)}
-    shards = shard_tasks(tasks, args.shard_size)
-    model_dir = args.workdir / f"carry-{args.carry}"
-    cfg = ServerConfig(model_dir=model_dir, model_name=args.model, method="icm", shard_size=args.shard_size,
-                       max_iters=args.max_iters or None, seed=args.seed)
-    app = create_app(cfg, start_worker=False)
-    backend = get_backend(app)
-    version = backend.model_version()
-    project = 1
-    jobs = backend.jobs.list_jobs(project=project)
-    if not jobs:
-        params = {"label_config": CONFIG_XML, "method": "icm", "tasks": tasks, "shard_size": args.shard_size,
-                  "carry_max": CARRY_MAX if args.carry == "on" else 0}
-        job = backend.jobs.create_job("icm", project, version, params)
-        other = args.workdir / "carry-on" / "icm_backend.sqlite3"
-        if args.carry == "off" and other.exists():
-            # shard 1 has nothing to carry either way: the same rows, seed and model give the same labels, so
-            # take them from the "on" run instead of computing them twice
-            done = [j for j in JobStore(Database(other)).list_jobs(project=project)
-                    if 0 in j.state.get("done_shards", [])]
-            if done:
-                first = PredictionStore(Database(other)).get_predictions(project, version,
-                                                                         [t["id"] for t in shards[0]])
-                backend.predictions.put_predictions(project, version, first, job_id=job.id)
-                backend.jobs.update_job(job.id, state={"done_shards": [0], "carry": [], "carried": {"0": 0},
-                                                       "reused_first_shard": True})
-                print("shard 1 taken from the carry-on run (identical input)", flush=True)
-    job = backend.jobs.list_jobs(project=project)[0]
-    res = load_results(args.workdir).get(f"carry-{args.carry}", {"shard_s": {}})
-    deadline = time.monotonic() + args.budget_s
-    seen_done = set(job.state.get("done_shards", []))
-    shard_t0 = time.monotonic()
-    if job.status not in ("done", "failed", "cancelled"):
-        backend.runner.ensure_started()  # picks the queued job, or requeues the one a killed run left running
-        while time.monotonic() < deadline:
-            job = backend.jobs.get_job(job.id)
-            done = set(job.state.get("done_shards", []))
-            for k in sorted(done - seen_done):  # a shard that started and ended in this run: its wall time
-                res["shard_s"].setdefault(str(k), time.monotonic() - shard_t0)
-                shard_t0 = time.monotonic()
-            seen_done = done
-            if job.status in ("done", "failed", "cancelled"):
-                break
-            time.sleep(2)
-        backend.runner.stop(timeout=1)
-    job = backend.jobs.get_job(job.id)
-    acc = {}
-    for k, shard in enumerate(shards):
-        if k not in job.state.get("done_shards", []):
-            continue
-        items = backend.predictions.get_predictions(project, version, [t["id"] for t in shard])
-        right = [label_of(items.get(t["id"])) == gold[t["id"]] for t in shard]
-        acc[str(k)] = sum(right) / len(right)
-    res.update({"status": job.status, "error": job.error, "accuracy": acc, "carried": job.state.get("carried", {}),
-                "model": cfg.base_model, "max_iters": args.max_iters or "default (20 x N)", "tasks": len(tasks),
-                "shard_size": args.shard_size, "load": os.getloadavg()[0]})
-    save_results(args.workdir, f"carry-{args.carry}", res)
-    print(json.dumps(res, indent=1))
-    print("done" if job.status == "done" else f"not finished ({job.status}): run the same command again")
-    os._exit(0)  # the job thread may still be inside the model: do not wait for it
-
-
-# -- 3. tables --------------------------------------------------------------------------------------
 def table(args) -> None:
     res = load_results(args.workdir)
     rows = []
@@ -340,18 +265,10 @@ def main() -> int:
     a.add_argument("--method", default="zero-shot")
     a.add_argument("--shard-size", type=int, default=128)
     a.add_argument("--retrieve-only", action="store_true", help="time the first Retrieve, then stop (no job wait)")
-    b = sub.add_parser("carry")
-    b.add_argument("--carry", choices=("on", "off"), required=True)
-    b.add_argument("--tasks", type=int, default=512)
-    b.add_argument("--shard-size", type=int, default=128)
-    b.add_argument("--model", default=None, help="default: the embedded default model (gemma3-270m)")
-    b.add_argument("--max-iters", type=int, default=0, help="ICM iterations per shard (0 = engine default 20 x N)")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--budget-s", type=float, default=540, help="stop after this long; rerun to resume")
     sub.add_parser("table")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    {"scale": scale, "carry": carry, "table": table}[args.cmd](args)
+    {"scale": scale, "table": table}[args.cmd](args)
     return 0
 
 

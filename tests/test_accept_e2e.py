@@ -44,7 +44,7 @@ def test_accept_e2e(label_studio, shared_dir, tmp_path):
     backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
         "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"), "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token, "ICM_METHOD": "zero-shot", "ICM_SYNC_MAX_TASKS": "2",
-        "ICM_JOB_SHARD_SIZE": str(N_TASKS), "ICM_ACCEPT_TARGETS": TARGET, "ICM_AUDIT_SIZE": str(AUDIT),
+        "ICM_ACCEPT_TARGETS": TARGET, "ICM_AUDIT_SIZE": str(AUDIT),
         "LOG_LEVEL": "INFO"})
     backend.start()
     with stopped_after(backend, label_studio, backend_log_chars=20000):

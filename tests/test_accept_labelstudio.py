@@ -141,7 +141,7 @@ def accept_env(monkeypatch):
 @pytest.mark.parametrize("case", ["one wrong among the least confident", "three wrong among the most confident"])
 def test_job_writes_marks_and_three_tabs_then_the_audit_updates_them(make, accept_env, case):
     ls = TabsLS(range(1, 121))
-    app, backend = make(ls, shard_size=200)
+    app, backend = make(ls, chunk_size=200)
     job = run_job(backend)
     assert job.status == "done", job.error
     acc = job.state["accept"]

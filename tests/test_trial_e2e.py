@@ -42,7 +42,7 @@ def test_trial_e2e(label_studio, data_dir, tmp_path):
     backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
         "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"), "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token, "ICM_METHOD": "icm", "ICM_MAX_ITERS": "64",
-        "ICM_SYNC_MAX_TASKS": "4", "ICM_JOB_SHARD_SIZE": str(N_TASKS), "ICM_TRAIN_MAX_STEPS": "24",
+        "ICM_SYNC_MAX_TASKS": "4", "ICM_TRAIN_MAX_STEPS": "24",
         "ICM_TRAIN_BATCH_SIZE": "4", "ICM_TRAIN_LR": "1e-3", "ICM_TRAIN_HOLDOUT_FRACTION": "0.1",
         "LOG_LEVEL": "INFO"})
     backend.start()

@@ -104,10 +104,7 @@ def after_labelling(icm_job, ctx, spec, state: dict) -> str:
         return ""
     from icm_backend.server.icm_job import labelling_verdict
 
-    verdict = labelling_verdict(state.get("assessment", {}))
-    if verdict is not None:
-        shards = list(state.get("assessment", {}).values())
-        verdict["calibrated_on"] = "; ".join(dict.fromkeys(str(a.get("calibrated_on", "")) for a in shards))
+    verdict = labelling_verdict(state.get("assessment"))  # with what the calibration was fitted on
     try:
         accept = refresh(icm_job.ls_for(job.project), job.project, spec, job.model_version, verdict, settings,
                          seed=job.id)
