@@ -58,3 +58,7 @@ test: install ls-venv vllm-venv chromium
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" --durations=10
+
+# The Docker stack end to end (docker/smoke.sh) where a Docker engine runs; a one-line skip elsewhere.
+docker-smoke:
+	.ci/docker-smoke
