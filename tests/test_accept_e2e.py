@@ -40,7 +40,7 @@ TARGET = os.environ.get("ICM_E2E_ACCEPT_TARGET", "0.45")
 AUDIT = 12
 
 
-def test_accept_e2e(label_studio, shared_dir, tmp_path):
+def test_accept_e2e(label_studio, data_dir, tmp_path):
     backend = BackendProcess(port=free_port(), model_dir=tmp_path / "model", env={
         "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"), "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token, "ICM_METHOD": "zero-shot", "ICM_SYNC_MAX_TASKS": "2",
@@ -48,7 +48,7 @@ def test_accept_e2e(label_studio, shared_dir, tmp_path):
         "LOG_LEVEL": "INFO"})
     backend.start()
     with stopped_after(backend, label_studio, backend_log_chars=20000):
-        _run(label_studio, backend, shared_dir, tmp_path)
+        _run(label_studio, backend, data_dir, tmp_path)
 
 
 def _views(label_studio, project: int) -> dict[str, dict]:
@@ -79,13 +79,13 @@ def _accept_state(backend, project: int, newer_than: int = 0) -> dict | None:
     return {**requests.get(f"{backend.url}/jobs/{j['id']}", timeout=5).json()["state"]["accept"], "job": j["id"]}
 
 
-def _run(label_studio, backend: BackendProcess, shared_dir: Path, tmp_path: Path) -> None:
+def _run(label_studio, backend: BackendProcess, data_dir: Path, tmp_path: Path) -> None:
     from icm_backend.labelstudio.annotations import human_labels
     from icm_backend.labelstudio.client import LSClient
     from icm_backend.labelstudio.config import parse_label_config
 
     ls = label_studio.client
-    project, gold, ml, version = sst2_project(ls, backend, shared_dir, "icm accept e2e", N_TASKS)
+    project, gold, ml, version = sst2_project(ls, backend, data_dir, "icm accept e2e", N_TASKS)
     first = _label_all(ls, backend, project, version, 0)
     job = first["job"]
     assert "Data Manager tabs: " in job["message"], job["message"]
