@@ -75,9 +75,10 @@ def test_labels_outside_topk_fall_back_to_prompt_logprobs(fake, caplog):
 def test_multi_token_labels_use_prompt_logprobs(fake, caplog):
     with caplog.at_level(logging.INFO, logger="icm_backend.engine.remote"):
         s = scorer_for(fake, label_words=["terrible", "wonderful"])
+        assert "scored by" not in caplog.text  # nothing logged before the server's ways are known
+        rows = s.score("ctx one.\n\n", TEXTS[:5])
     assert s.mode == "prompt-logprobs"
-    assert "prompt-logprobs (a label word is several tokens" in caplog.text
-    rows = s.score("ctx one.\n\n", TEXTS[:5])
+    assert caplog.text.count("scored by prompt-logprobs (a label word is several tokens)") == 1
     np.testing.assert_allclose(rows, expected(s, "ctx one.\n\n", TEXTS[:5]), atol=1e-9)
     scoring = [r for r in fake.requests if len(r["prompt"][0]) > 12]  # not the detection probes
     assert scoring and all("logprobs" not in r for r in scoring)

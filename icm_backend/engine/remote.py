@@ -394,10 +394,11 @@ class RemoteScorer:
             else:
                 mode = "top-k" if single else "prompt-logprobs"
                 why = "every label word is one token" if single else "a label word is several tokens"
-                if self._shared["ways"] is None:
-                    why += "; the server's ways not yet detected"
         self._chosen_after_detection = self._shared["ways"] is not None
-        if (mode, words) != (getattr(self, "_logged_mode", None), getattr(self, "_logged_words", None)):
+        provisional = self.requested_mode == "auto" and self._shared["ways"] is None
+        if not provisional and (mode, words) != (getattr(self, "_logged_mode", None),
+                                                 getattr(self, "_logged_words", None)):
+            # logged once chosen for real: before the first batch the server's ways are not yet known
             log.info("remote scorer %s (%s): labels %s scored by %s (%s)", self.base_url, self.model,
                      ",".join(words), mode, why)
             self._logged_mode, self._logged_words = mode, list(words)

@@ -41,6 +41,10 @@ timed() {  # $1: name, rest: command; wall seconds to $R/$1.seconds
   echo "$name: rc=$rc, $(cat $R/$name.seconds) s"
 }
 
+# optional steps start only before this time (the session's hard stop); set STOP_AT to move it
+STOP_AT=$(date -u -d "${STOP_AT:-10:02}" +%s)
+in_time() { if [ "$(date +%s)" -lt "$STOP_AT" ]; then return 0; fi; echo "skipped (past STOP_AT): $*"; return 1; }
+
 date -u
 timed inprocess $PY -m icm_backend.cli label $DATA --task classify --labels $LABELS --method zero-shot \
   --model gemma3-270m --dtype fp32 --out $R/inprocess.jsonl
@@ -52,22 +56,24 @@ timed server $PY -m icm_backend.cli label $DATA --task classify --labels $LABELS
 timed server_no_tokenizer_flag $PY -m icm_backend.cli label $DATA --task classify --labels $LABELS \
   --method zero-shot --server $URL --model gemma --out $R/server_no_tokenizer_flag.jsonl
 $PY $R/compare.py | tee $R/summary.txt
-timed probe_raw_logprobs timeout 600 $PY $R/probe_vllm.py $R/probe_raw_logprobs.json $URL
+in_time probe_raw && timed probe_raw_logprobs timeout 300 $PY $R/probe_vllm.py $R/probe_raw_logprobs.json $URL
 # the fallback path forced (what a server without an exact way gets): top-k, prompt_logprobs for the rest
-timed forced_topk timeout 900 $PY $R/score_forced.py $URL top-k $R/forced_topk.json
+in_time forced_topk && timed forced_topk timeout 600 $PY $R/score_forced.py $URL top-k $R/forced_topk.json
 stop_vllm
 
+if in_time processed; then
 start_vllm processed --logprobs-mode processed_logprobs
 timed processed_auto $PY -m icm_backend.cli label $DATA --task classify --labels $LABELS --method zero-shot \
   --server $URL --model gemma --tokenizer gemma3-270m --out $R/processed_auto.jsonl
 timed forced_allowed $PY $R/score_forced.py $URL allowed-token-ids $R/forced_allowed.json
-timed probe_processed_logprobs timeout 600 $PY $R/probe_vllm.py $R/probe_processed_logprobs.json $URL
+in_time probe_processed && timed probe_processed_logprobs timeout 300 $PY $R/probe_vllm.py $R/probe_processed_logprobs.json $URL
 stop_vllm
+fi
 
 $PY $R/compare.py | tee $R/summary.txt
 date -u
 # the slow real-vLLM test of the capitalised set (starts its own float32 server: tests/conftest.py)
-ICM_VLLM_PYTHON=$VPY ICM_REMOTE_PARITY_OUT=$R/pytest_topics4.json timeout 900 $PY -m pytest -q -s -p no:cacheprovider \
+in_time pytest && ICM_VLLM_PYTHON=$VPY ICM_REMOTE_PARITY_OUT=$R/pytest_topics4.json timeout 900 $PY -m pytest -q -s -p no:cacheprovider \
   tests/test_remote_vllm.py -k capitalised > $R/pytest_topics4.log 2>&1
 echo "pytest rc=$? ($(tail -1 $R/pytest_topics4.log))"
 date -u

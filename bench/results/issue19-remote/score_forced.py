@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from icm_backend.engine.objective import calibrate_rows
 from icm_backend.engine.remote import RemoteScorer
 from icm_backend.engine.tasks import build_problem
 
@@ -21,7 +22,8 @@ s = RemoteScorer(url, "gemma", tokenizer="gemma3-270m", mode=mode, label_words=p
 t0 = time.monotonic()
 scores = s.score("", [ex.prompt for ex in problem.examples])
 secs = time.monotonic() - t0
-pred = [labels[i] for i in scores.argmax(1)]
+# the CLI's zero-shot labels are the argmax of the calibrated rows (labeler.zero_shot_rows)
+pred = [labels[i] for i in calibrate_rows(scores, np.zeros(len(scores), dtype=int)).argmax(1)]
 local = [json.loads(line)["label"] for line in (R / "inprocess.jsonl").read_text().splitlines()]
 res = {"mode": s.mode, "score_seconds": round(secs, 2), "agree_with_in_process": float(np.mean([a == b for a, b in zip(pred, local)])),
        "stats": vars(s.stats)}
