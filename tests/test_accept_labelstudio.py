@@ -298,3 +298,22 @@ def test_an_uncalibrated_estimate_says_so_in_the_accept_title():
     report.warnings.append("confidences not calibrated (none: no independent view for this method)")
     raw = plan_tabs(report, keys, set(), set(keys)).tabs[-1].title
     assert "(uncalibrated)" not in plain and raw == plain.replace(" · not audited", " (uncalibrated) · not audited")
+
+
+def test_accept_refreshes_never_make_the_queue_refuse_a_training(tmp_path):
+    """Annotation events queue accept refreshes; counted against ICM_MAX_QUEUED_JOBS_PER_PROJECT they made
+    LS's "Start training" fail with QueueFull (seen in the review-loop E2E). They are outside the limits."""
+    from icm_backend.jobs.db import Database
+    from icm_backend.jobs.queue import JobRunner, JobStore, QueueFull
+
+    store = JobStore(Database(tmp_path / "db.sqlite3"))
+    runner = JobRunner(store, tmp_path / "work", {"accept": lambda ctx: "", "train": lambda ctx: ""})
+    runner.ensure_started = lambda: None  # queue only: nothing runs
+    runner.max_active_per_project = 2
+    runner.unlimited_kinds.add("accept")
+    for _ in range(3):
+        runner.submit("accept", 7, None, {})
+    runner.submit("train", 7, None, {})
+    runner.submit("train", 7, None, {})
+    with pytest.raises(QueueFull):  # the limit still holds for the kinds it is for
+        runner.submit("train", 7, None, {})

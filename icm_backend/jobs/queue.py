@@ -145,10 +145,11 @@ class JobStore:
                                 message="resuming after a restart")
         return [_job(r) for r in rows]
 
-    def active_counts(self, project: int | None) -> tuple[int, int]:
-        """(active jobs in all, active jobs of `project`)."""
+    def active_counts(self, project: int | None, exclude: tuple[str, ...] = ()) -> tuple[int, int]:
+        """(active jobs in all, active jobs of `project`), jobs of the `exclude` kinds not counted."""
+        marks = ",".join("?" * len(exclude)) or "''"
         rows = self.db.q("SELECT COUNT(*) n, COALESCE(SUM(project IS ?), 0) p FROM jobs WHERE status IN "
-                         "('queued','running')", (project,))
+                         f"('queued','running') AND kind NOT IN ({marks})", (project, *exclude))
         return rows[0]["n"], rows[0]["p"]
 
     def counts(self) -> dict[str, int]:
@@ -206,6 +207,9 @@ class JobRunner:
         self._submit_lock = threading.Lock()
         self.max_active: int | None = None  # queued + running jobs, all projects (None = no limit)
         self.max_active_per_project: int | None = None
+        # Kinds outside the limits: light bookkeeping that coalesces itself (at most one queued per project,
+        # e.g. the accept report's refresh on annotation events); counted, they would refuse a user's training.
+        self.unlimited_kinds: set[str] = set()
 
     def register(self, kind: str, handler: Handler) -> None:
         self.handlers[kind] = handler
@@ -214,7 +218,9 @@ class JobRunner:
         if kind not in self.handlers:
             raise ValueError(f"kind: no job handler registered for {kind!r}")
         with self._submit_lock:
-            total, mine = self.store.active_counts(project)
+            total, mine = self.store.active_counts(project, tuple(sorted(self.unlimited_kinds)))
+            if kind in self.unlimited_kinds:
+                total = mine = -1  # never refused
             if self.max_active is not None and total >= self.max_active:
                 raise QueueFull(f"job queue full: {total} jobs queued or running (ICM_MAX_QUEUED_JOBS="
                                 f"{self.max_active}); retry when one finishes")

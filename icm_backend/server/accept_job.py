@@ -161,6 +161,7 @@ def on_annotation_event(payload: dict, backend) -> None:
     active = backend.jobs.active_job(ACCEPT_KIND, project, None)
     if active is not None and active.status == "queued":
         return
+    backend.runner.unlimited_kinds.add(ACCEPT_KIND)  # coalesced above: never the reason a training is refused
     backend.runner.submit(ACCEPT_KIND, project, None, {})
 
 
