@@ -161,7 +161,6 @@ def on_annotation_event(payload: dict, backend) -> None:
     active = backend.jobs.active_job(ACCEPT_KIND, project, None)
     if active is not None and active.status == "queued":
         return
-    backend.runner.unlimited_kinds.add(ACCEPT_KIND)  # coalesced above: never the reason a training is refused
     backend.runner.submit(ACCEPT_KIND, project, None, {})
 
 
@@ -183,4 +182,5 @@ def latest_figures(store, project: int | None = None) -> dict[str, dict]:
 
 
 JOB_KINDS = {ACCEPT_KIND: AcceptJob}
+UNLIMITED_KINDS = (ACCEPT_KIND,)  # coalesced in on_annotation_event: never the reason a training is refused
 EVENT_HANDLERS = tuple((action, on_annotation_event) for action in ANNOTATION_EVENTS)

@@ -366,6 +366,7 @@ def _register_features(backend: Backend) -> None:
     for feature in (finetune, accept):
         for kind, factory in feature.JOB_KINDS.items():
             backend.runner.register(kind, factory(backend))
+        backend.runner.unlimited_kinds.update(getattr(feature, "UNLIMITED_KINDS", ()))
         for action, handler in feature.EVENT_HANDLERS:
             backend.events.on_event(action, handler)
 
