@@ -3,6 +3,7 @@
     # (a) quality on SST-2 dev (all rows), per seed: zero-shot, bootstrap, ICM in shards of 128 (each shard
     #     its own search: the job before this change), core + one pass with cores of 128 / 256 / 512
     python bench/bench_scale.py quality --data data/sst2/dev.tsv --seeds 0 1 2 --json out.json
+    #     (--save-labels DIR writes each labelling as `icm-backend label` would, for bench_accept.py)
     # (b) cost growth: tasks/s of the default ICM job's labelling and of zero-shot at each size (texts of the
     #     given files repeated past their count), in process or through a model server (--server URL --model M)
     python bench/bench_scale.py cost --texts data/sst2/dev.tsv data/sst2/test.tsv --sizes 1000 10000
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from icm_backend.commands.server_args import add_server_args, remote_scorer
+from icm_backend.engine.io import write_predictions
 from icm_backend.engine.labeler import label_rows
 from icm_backend.engine.model import NATIVE_BF16_FLAGS, cpu_flags, load_lm
 from icm_backend.engine.scorer import TransformersScorer
@@ -130,6 +132,8 @@ def quality(args) -> None:
                     wall, tokens = wall + w, tokens + t
             else:
                 preds, wall, tokens = run_one(scorer, rows, method, seed, core, args.max_iters)
+            if args.save_labels:  # the CLI's own writer: bench_accept reads these as `icm-backend label` outputs
+                write_predictions(preds, Path(args.save_labels) / f"{arm}-s{seed}.jsonl")
             _append(out, {"arm": arm, "seed": seed, "n": len(rows), "wall_s": round(wall, 1), "lm_tokens": tokens,
                           **scores(preds, gold)})
     table_quality(_done(out) if out else [], args.arms)
@@ -199,6 +203,8 @@ def main() -> None:
     q.add_argument("--n", type=int, help="first N rows only")
     q.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     q.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    q.add_argument("--save-labels", metavar="DIR", help="write each labelling as `icm-backend label` does "
+                   "(DIR/<arm>-s<seed>.jsonl), e.g. for bench_accept.py")
     c = sub.add_parser("cost")
     c.add_argument("--texts", nargs="+", required=True)
     c.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])

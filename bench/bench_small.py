@@ -23,6 +23,9 @@ from icm_backend.engine.io import read_rows
 from icm_backend.engine.labeler import label_rows
 from icm_backend.engine.model import load_lm
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import machine  # noqa: E402
+
 LABELS = ["negative", "positive"]
 
 
@@ -38,6 +41,7 @@ def main() -> None:
     out = Path(args.json) if args.json else None
     done = [json.loads(l) for l in out.read_text().splitlines()] if out and out.exists() else []
     lm = load_lm(args.model)
+    print(machine())
     for seed in args.seeds:
         if any(r["seed"] == seed for r in done):
             continue
@@ -57,7 +61,10 @@ def main() -> None:
                "differ": int((shipped != own).sum()),
                "differ_right_reported": int(((shipped != own) & (shipped == gold)).sum()),
                "mean_conf_where_differ": float(conf[shipped != own].mean()) if (shipped != own).any() else None,
-               "wall_s": round(wall, 1), "assessment": preds.assessment.summary()}
+               "wall_s": round(wall, 1), "assessment": preds.assessment.summary(),
+               # per row, so another reporting rule can be scored on the same runs without rerunning them
+               "rows": {"gold": gold.tolist(), "own": own.tolist(), "reported": shipped.tolist(),
+                        "confidence": [round(float(c), 4) for c in conf]}}
         done.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         if out:

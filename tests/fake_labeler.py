@@ -45,3 +45,16 @@ def fake_label_rows(rows, *, task, labels=None, method="icm", model=None, seed=0
             on_chunk(pending)  # as label_rows hands a big project's chunks over
             pending = []
     return preds
+
+
+def unsure_label_rows(rows, **kw):
+    """fake_label_rows, with an assessment that finds the labelling unreliable (estimated accuracy 0.52)."""
+    from icm_backend.engine.calibration import Assessment
+    from icm_backend.engine.types import Labelling
+
+    out = Labelling(fake_label_rows(rows, **kw))
+    out.assessment = Assessment(n=len(rows), n_fixed=0, temperature=5.0, calibrated_on="agreement with zero-shot",
+                                estimated_accuracy=0.52, kappa_zero_shot=0.0, label_share={}, marginal={},
+                                drift=0.0, drift_corrected=False, reliable=False,
+                                reasons=["estimated accuracy 0.52 is under 0.70"])
+    return out

@@ -235,20 +235,10 @@ def _last(backend, kind):
 
 
 def test_unreliable_labelling_gets_an_empty_accept_tab_that_says_why(make, accept_env):
-    from fake_labeler import fake_label_rows
-    from icm_backend.engine.calibration import Assessment
-    from icm_backend.engine.types import Labelling
-
-    def unsure(rows, **kw):
-        out = Labelling(fake_label_rows(rows, **kw))
-        out.assessment = Assessment(n=len(rows), n_fixed=0, temperature=5.0, calibrated_on="agreement with zero-shot",
-                                    estimated_accuracy=0.52, kappa_zero_shot=0.0, label_share={}, marginal={},
-                                    drift=0.0, drift_corrected=False, reliable=False,
-                                    reasons=["estimated accuracy 0.52 is under 0.70"])
-        return out
+    from fake_labeler import unsure_label_rows
 
     ls = TabsLS(range(1, 41))
-    app, backend = make(ls, labeler=unsure)
+    app, backend = make(ls, labeler=unsure_label_rows)
     job = run_job(backend)
     acc = job.state["accept"]
     assert acc["report"]["reliable"] is False and acc["plan"] is None and acc["table"] == []

@@ -4,7 +4,7 @@ or unusable annotation does not count."""
 
 from __future__ import annotations
 
-from fake_labeler import fake_label_rows
+from fake_labeler import fake_label_rows, unsure_label_rows
 from test_icm_job_writeback import FakeLS, make, run_job  # noqa: F401  (make is a fixture)
 
 
@@ -47,19 +47,8 @@ def test_annotations_are_fixed_rows_and_get_no_prediction(make):
 
 
 def test_an_unreliable_labelling_is_said_in_the_job_status(make):
-    from icm_backend.engine.calibration import Assessment
-    from icm_backend.engine.types import Labelling
-
-    def unsure(rows, **kw):
-        out = Labelling(fake_label_rows(rows, **kw))
-        out.assessment = Assessment(n=len(rows), n_fixed=0, temperature=5.0, calibrated_on="agreement with zero-shot",
-                                    estimated_accuracy=0.52, kappa_zero_shot=0.0, label_share={}, marginal={},
-                                    drift=0.0, drift_corrected=False, reliable=False,
-                                    reasons=["estimated accuracy 0.52 is under 0.70"])
-        return out
-
     ls = FakeLS(range(1, 21))
-    app, backend = make(ls, labeler=unsure, chunk_size=10)
+    app, backend = make(ls, labeler=unsure_label_rows, chunk_size=10)
     job = run_job(backend)
     assert job.status == "done", job.error
     assert "UNRELIABLE labelling: estimated accuracy 0.52 is under 0.70" in job.message
