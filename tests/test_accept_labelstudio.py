@@ -150,16 +150,16 @@ def test_job_writes_marks_and_three_tabs_then_the_audit_updates_them(make, accep
     audit = acc["plan"]["keys"]
     assert len(audit) == 24
     title, shown = ls.tab(AUDIT)
-    assert sorted(shown) == sorted(audit) and title == f"{TITLES[AUDIT]}: 0/24 labelled"
+    assert sorted(shown) == sorted(audit) and title == f"{TITLES[AUDIT]} 0/24 labelled"
     title, accepted = ls.tab(ACCEPT)
     est = next(r for r in acc["table"] if r["target"] == 0.25)
     assert est["status"] == "audit incomplete"
-    assert title.startswith(f"{TITLES[ACCEPT]} ≤25%: {len(accepted)} · est {est['estimated_error']:.1%} · not audited")
+    assert title.startswith(f"{TITLES[ACCEPT]} {len(accepted)} ≤25% · est {est['estimated_error']:.1%} · not audited")
     assert len(accepted) == est["estimated_size"] - len(audit) and not set(accepted) & set(audit)
     title, review = ls.tab(REVIEW)
     assert set(review) == set(ls.tasks) - set(accepted) - set(audit)
     flagged = sum(1 for t in review if any(r["from_name"] == "needs_review" for r in ls.prediction(t)["result"]))
-    assert title == f"{TITLES[REVIEW]}: {len(review)} ({flagged} flagged)"
+    assert title == f"{TITLES[REVIEW]} {len(review)} ({flagged} flagged), least confident first"
     review_view = next(v for v in ls.views_.values() if v["data"]["title"].startswith(TITLES[REVIEW]))
     assert review_view["data"]["ordering"] == ["tasks:predictions_score"]  # least confident first
     min_accepted = min(ls.prediction(t)["score"] for t in accepted)
@@ -190,7 +190,7 @@ def test_job_writes_marks_and_three_tabs_then_the_audit_updates_them(make, accep
     assert row["status"] == ("certified" if case.startswith("one") else "not certified"), row
     title, accepted2 = ls.tab(ACCEPT)
     if row["status"] == "certified":
-        assert title.startswith(f"{TITLES[ACCEPT]} ≤25%: {len(accepted2)} · est ")
+        assert title.startswith(f"{TITLES[ACCEPT]} {len(accepted2)} ≤25% · est ")
         assert f"audited {row['wrong']}/{row['audited']} wrong · bound {row['bound']:.1%}" in title
         assert len(accepted2) == row["accepted_size"] - sum(1 for t in audit if t in set(_keys_prefix(ls, row)))
     else:
@@ -198,7 +198,7 @@ def test_job_writes_marks_and_three_tabs_then_the_audit_updates_them(make, accep
     assert ls.views_[vid]["data"]["hiddenColumns"] == {"explore": ["tasks:inner_id"]}
     assert len(ls.views_) == 3  # updated, not duplicated
     title, _ = ls.tab(AUDIT)
-    assert title.startswith(f"{TITLES[AUDIT]}: 24/24 labelled, {row['wrong']} wrong")
+    assert title.startswith(f"{TITLES[AUDIT]} 24/24 labelled, {row['wrong']} wrong")
 
     # "Create Annotations From Predictions" on the accept tab: the model's labels, not people's
     for t in accepted2:

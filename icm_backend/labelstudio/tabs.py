@@ -30,7 +30,9 @@ from icm_backend.engine.risk import RiskReport
 
 MARK_FIELD = "icm_accept"
 REVIEW, AUDIT, ACCEPT = "review", "audit", "accept"
-TITLES = {REVIEW: "ICM review first", AUDIT: "ICM audit", ACCEPT: "ICM accept"}
+# The count comes right after these words: LS cuts a tab's title to ~15 characters in the tab bar. The
+# backend finds its tabs again by them (a tab named "ICM review first" by an older version still matches).
+TITLES = {REVIEW: "ICM review", AUDIT: "ICM audit", ACCEPT: "ICM accept"}
 SCORE = "tasks:predictions_score"
 
 
@@ -85,27 +87,27 @@ def plan_tabs(report: RiskReport, keys: list[int], flagged: set[int], unlabelled
     marks.update({k: ACCEPT for k in accept})
     review = [k for k in keys if marks[k] == REVIEW and k in unlabelled]
     n_flag = sum(1 for k in review if k in flagged)
-    tabs = [Tab(REVIEW, f"{TITLES[REVIEW]}: {len(review)} ({n_flag} flagged)", len(review))]
+    tabs = [Tab(REVIEW, f"{TITLES[REVIEW]} {len(review)} ({n_flag} flagged), least confident first", len(review))]
     if report.audit is not None:
         done = report.audit_labelled
         wrong = ""
         if cert is not None:
             wrong = f", {cert.errors} wrong in the accepted set" if cert.certified else f", {cert.errors} wrong"
-        tabs.append(Tab(AUDIT, f"{TITLES[AUDIT]}: {done}/{len(audit)} labelled{wrong}", len(audit)))
+        tabs.append(Tab(AUDIT, f"{TITLES[AUDIT]} {done}/{len(audit)} labelled{wrong}", len(audit)))
     if not report.reliable:
-        title = f"{TITLES[ACCEPT]} ≤{_target(target)}: 0 (labelling unreliable)"
+        title = f"{TITLES[ACCEPT]} 0 ≤{_target(target)} (labelling unreliable)"
     elif cert is not None and cert.certified:
-        title = (f"{TITLES[ACCEPT]} ≤{_target(target)}: {len(accept)} · est {_pct(cert.estimated_error)} · audited "
+        title = (f"{TITLES[ACCEPT]} {len(accept)} ≤{_target(target)} · est {_pct(cert.estimated_error)} · audited "
                  f"{cert.errors}/{cert.audited} wrong · bound {_pct(cert.bound)}")
     elif cert is not None:
-        title = (f"{TITLES[ACCEPT]} ≤{_target(target)}: 0 · not certified (est {_pct(cert.estimated_error)}, audited "
+        title = (f"{TITLES[ACCEPT]} 0 ≤{_target(target)} · not certified (est {_pct(cert.estimated_error)}, audited "
                  f"{cert.errors}/{cert.audited} wrong, bound {_pct(cert.bound)})")
     elif est is not None and est.size:
         raw = " (uncalibrated)" if report.warnings else ""  # e.g. zero-shot: the model's raw probability
-        title = (f"{TITLES[ACCEPT]} ≤{_target(target)}: {len(accept)} · est {_pct(est.estimated_error)}{raw} · "
+        title = (f"{TITLES[ACCEPT]} {len(accept)} ≤{_target(target)} · est {_pct(est.estimated_error)}{raw} · "
                  f"not audited yet ({report.audit_labelled}/{len(audit)})")
     else:
-        title = f"{TITLES[ACCEPT]} ≤{_target(target)}: 0 (no set is estimated within the target)"
+        title = f"{TITLES[ACCEPT]} 0 ≤{_target(target)} (no set is estimated within the target)"
     tabs.append(Tab(ACCEPT, title, len(accept)))
     return TabPlan(marks, tabs, accept)
 
