@@ -79,6 +79,9 @@ def main() -> int:
             done[(r["dataset"], r["method"], r["seed"])] = r
     remote = remote_scorer(args)
     lm = remote or load_lm(args.model)
+    from bench_scale import machine  # bench/ is on sys.path when run as a script
+
+    print(machine(), flush=True)
     for dataset in args.datasets.split(","):
         rows, gold, task, labels = load_dataset(dataset, args.n_sst2, args.n_paper)
         problem = build_problem(rows, task, labels)
@@ -106,6 +109,15 @@ def main() -> int:
                     search_state = {k: state[k] for k in ("iteration", "accepted", "reference_tokens",
                                                           "reference_tokens_same_context")}
                     search_state["iterations"] = search_state.pop("iteration")
+                    # the search's own final labels beside the reported (assessed) ones (issue 19, item 4)
+                    own = state.get("labels") or []
+                    if len(own) == len(rows):
+                        search_state["own_accuracy"] = float(np.mean(
+                            [0 <= l < len(problem.label_words) and problem.label_words[l] == g
+                             for l, g in zip(own, gold_words)]))
+                        search_state["own_same_as_reported"] = [
+                            0 <= l < len(problem.label_words) and problem.label_words[l] == p.label
+                            for l, p in zip(own, preds)]
                 correct = np.array([p.label == g for p, g in zip(preds, gold_words)], dtype=float)
                 conf = np.array([p.confidence for p in preds])
                 ece, _ = calibration(conf, correct)
@@ -138,6 +150,17 @@ def print_table(done: dict, args) -> None:
                 sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
                 cells.append(f"{statistics.mean(accs):>13.3f} ± {sd:.3f}")
         print(f"{m:16}" + "".join(cells))
+    # What `label_rows` reports (above) is the assessed labelling; the search's own final labels beside it.
+    own = {d: [r["own_accuracy"] for (dd, mm, _), r in done.items() if dd == d and mm == "icm" and "own_accuracy" in r]
+           for d in datasets}
+    if any(own.values()):
+        print(f"{'icm: search own':16}" + "".join(
+            f"{statistics.mean(a):>13.3f} ± {statistics.stdev(a) if len(a) > 1 else 0.0:.3f}" if a else f"{'-':>20}"
+            for a in own.values()) + "   (not what ships: the search's final labels)")
+    print("\nECE of what ships, mean over seeds:")
+    for m in args.methods.split(","):
+        cells = [[r["ece"] for (dd, mm, _), r in done.items() if dd == d and mm == m] for d in datasets]
+        print(f"{m:16}" + "".join(f"{statistics.mean(c):>20.3f}" if c else f"{'-':>20}" for c in cells))
     icm = [r for (d, m, _), r in done.items() if m == "icm" and d == "sst2"]
     if icm:
         r = icm[0]
