@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_scale import machine  # bench/ is sys.path[0] when run as a script
 from icm_backend.engine.evaluate import calibration
 from icm_backend.engine.labeler import label_rows
 from icm_backend.commands.server_args import add_server_args, remote_scorer
@@ -79,8 +80,6 @@ def main() -> int:
             done[(r["dataset"], r["method"], r["seed"])] = r
     remote = remote_scorer(args)
     lm = remote or load_lm(args.model)
-    from bench_scale import machine  # bench/ is on sys.path when run as a script
-
     print(machine(), flush=True)
     for dataset in args.datasets.split(","):
         rows, gold, task, labels = load_dataset(dataset, args.n_sst2, args.n_paper)
@@ -110,14 +109,11 @@ def main() -> int:
                                                           "reference_tokens_same_context")}
                     search_state["iterations"] = search_state.pop("iteration")
                     # the search's own final labels beside the reported (assessed) ones (issue 19, item 4)
-                    own = state.get("labels") or []
+                    words = problem.label_words
+                    own = [words[l] if 0 <= l < len(words) else None for l in state.get("labels") or []]
                     if len(own) == len(rows):
-                        search_state["own_accuracy"] = float(np.mean(
-                            [0 <= l < len(problem.label_words) and problem.label_words[l] == g
-                             for l, g in zip(own, gold_words)]))
-                        search_state["own_same_as_reported"] = [
-                            0 <= l < len(problem.label_words) and problem.label_words[l] == p.label
-                            for l, p in zip(own, preds)]
+                        search_state["own_accuracy"] = float(np.mean([w == g for w, g in zip(own, gold_words)]))
+                        search_state["own_same_as_reported"] = [w == p.label for w, p in zip(own, preds)]
                 correct = np.array([p.label == g for p, g in zip(preds, gold_words)], dtype=float)
                 conf = np.array([p.confidence for p in preds])
                 ece, _ = calibration(conf, correct)

@@ -19,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_scale import machine  # bench/ is sys.path[0] when run as a script
 from icm_backend.engine.io import read_rows
 from icm_backend.engine.labeler import label_rows
 from icm_backend.engine.model import load_lm
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import machine  # noqa: E402
 
 LABELS = ["negative", "positive"]
 

@@ -31,6 +31,7 @@ import requests
 
 from backend_process import BackendProcess, stopped_after, wait_for
 from label_studio_harness import free_port
+from icm_backend.labelstudio.tabs import TITLES
 from test_review_loop_e2e import FLIP, _choice, _jobs, _label_all, sst2_project
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,7 @@ def _views(label_studio, project: int) -> dict[str, dict]:
     out = {}
     for v in views:
         title = v["data"].get("title", "")
-        for mark, prefix in (("review", "ICM review"), ("audit", "ICM audit"), ("accept", "ICM accept")):
+        for mark, prefix in TITLES.items():
             if title.startswith(prefix):
                 out[mark] = v
     return out

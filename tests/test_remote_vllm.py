@@ -98,7 +98,7 @@ def test_in_context_prefix_parity(data_dir, local_lm, remote):
 def test_icm_64_rows_local_vs_vllm(data_dir, local_lm, remote):
     rows, gold = sst2_dev(data_dir, 400, 64)
     acc = {}
-    # 5 proposals per row, not the default 20: the same search either side, at a quarter of the test's time
+    # 5 proposals per row, not the default 20: the same search either side, a quarter of its iterations
     config = SearchConfig(max_iters=5 * len(rows))
     for name, model in (("local", local_lm), ("vllm", remote)):
         preds = label_rows(rows, task="classify", labels=LABELS, method="icm", model=model, seed=0, config=config)
