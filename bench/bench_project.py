@@ -1,12 +1,13 @@
-"""Benchmark whole Label Studio projects: what "Retrieve predictions" costs a user, and whether shards learn.
+"""Benchmark whole Label Studio projects: what "Retrieve predictions" and the job behind it cost a user.
 
     # 1. scale, on a REAL Label Studio 1.23.2 (.venv-ls) with the backend as a real server:
     #    2,000 SST-2 texts (dev + test), ICM_METHOD=zero-shot, smollm2-135m
     flock /tmp/icm-cpu.lock python bench/bench_project.py scale
     #    (--method icm: the default job, ICM on a core and one pass for the rest, in chunks of --shard-size)
-    # 2. (the carry-over of labels between shards it also measured went with the shards; its results are in
-    #    bench/RESULTS.md)
-    # 3. the tables (scale, what 10k / 100k tasks cost at the measured rates)
+    #    the default ICM job on the default model, 10,000 tasks, the backend killed -9 after 3 chunks:
+    flock /tmp/icm-cpu.lock python bench/bench_project.py scale --tasks 10000 --model '' --method icm \
+        --kill-after-chunks 3
+    # 2. the table
     python bench/bench_project.py table
 
 Results accumulate in --workdir (default /tmp/icm-bench-project/results.json).
@@ -24,6 +25,8 @@ import time
 from pathlib import Path
 
 import requests
+
+from bench_scale import machine  # bench/ is on sys.path for a script
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -75,14 +78,19 @@ def scale(args) -> None:
     gold = [g for _, g in data]
     print(f"starting Label Studio and the backend in {work} ...", flush=True)
     ls_server = LabelStudioServer.start(work / "ls")
-    backend = BackendProcess(port=free_port(), model_dir=work / "model", env={
-        "ICM_MODEL": args.model, "ICM_METHOD": args.method, "LABEL_STUDIO_URL": ls_server.url,
-        "LABEL_STUDIO_API_KEY": ls_server.token, "ICM_CHUNK_SIZE": str(args.shard_size), "LOG_LEVEL": "INFO"})
-    backend.start()
+    env = {"ICM_METHOD": args.method, "LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": ls_server.token,
+           "LOG_LEVEL": "INFO"}
+    if args.model:  # else the backend's default model, as a user gets it
+        env["ICM_MODEL"] = args.model
+    if args.shard_size:  # else the job's default chunk size
+        env["ICM_CHUNK_SIZE"] = str(args.shard_size)
+    backend = BackendProcess(port=free_port(), model_dir=work / "model", env=env)
+    backend.start(timeout=300)
     ls = ls_server.client
     H = ls_server.headers
-    out: dict = {"tasks": len(data), "model": args.model, "method": args.method, "shard_size": args.shard_size,
-                 "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
+    out: dict = {"tasks": len(data), "model": args.model or "default", "method": args.method,
+                 "chunk_size": args.shard_size or "default", "cpus": os.cpu_count(), "cpu": machine(),
+                 "load_before": os.getloadavg()[0]}
     try:
         project = ls.projects.create(title=f"bench {len(data)}", label_config=CONFIG_XML)
         t0 = time.monotonic()
@@ -114,6 +122,21 @@ def scale(args) -> None:
         out["first_shard_s"] = time.monotonic() - t_start
         if first["status"] == "running":
             out["retrieve_during_job_s"] = retrieve()  # LS sends every task still without a prediction
+        if args.kill_after_chunks:  # the backend killed (-9) in the one-pass phase, then started again
+            def chunks_written():
+                j = requests.get(job_url, timeout=5).json()
+                if j["status"] in ("done", "failed"):
+                    raise RuntimeError(f"the job ended before the kill: {j['status']} {j['message']}")
+                return j["state"].get("written", 0) >= args.kill_after_chunks and j
+            j = wait_for(chunks_written, 6 * 3600, f"chunk {args.kill_after_chunks}", every=0.2)
+            backend.kill()
+            out["killed_at_s"] = time.monotonic() - t_start
+            out["killed_after_chunks"] = j["state"]["written"]
+            out["predictions_at_kill"] = len(ls.predictions.list(project=project.id))
+            print(f"  killed -9 after {j['state']['written']} chunks ({out['predictions_at_kill']} predictions in LS)",
+                  flush=True)
+            backend.start(timeout=300)
+            out["restarted_at_s"] = time.monotonic() - t_start
         last_print = 0.0
 
         def finished():
@@ -128,6 +151,7 @@ def scale(args) -> None:
         job = wait_for(finished, 6 * 3600, "the job", every=1.0)
         out["job_s"] = time.monotonic() - t_start
         out["job_message"] = job["message"]
+        out["job_restarts"] = job.get("restarts")
         out["load_after"] = os.getloadavg()[0]
 
         # write-back: the job's own timings of each bulk import
@@ -161,7 +185,7 @@ def scale(args) -> None:
     finally:
         backend.stop()
         ls_server.stop()
-    save_results(args.workdir, f"scale-{args.method}-{args.model}", out)
+    save_results(args.workdir, f"scale-{args.method}-{args.model or 'default'}-{len(data)}", out)
     print(json.dumps(out, indent=1))
 
 
@@ -184,7 +208,7 @@ def _dm_tasks(server, project: int, fields: str) -> list[dict]:
         page += 1
 
 
-# -- 2. shards that learn --------------------------------------------------------------------------
+# -- the table -------------------------------------------------------------------------------------
 def table(args) -> None:
     res = load_results(args.workdir)
     rows = []
@@ -192,18 +216,23 @@ def table(args) -> None:
         if not key.startswith("scale-"):
             continue
         n = r["tasks"]
-        rows += [(f"{n} tasks, {r['method']}, {r['model']}", "", ""),
+        chunk = r.get("chunk_size", r.get("shard_size"))
+        rows += [(f"{n} tasks, {r['method']}, model {r['model']}", "", r.get("cpu", "CPU not recorded")),
                  ("  Retrieve predictions, first (job starts)", f"{r['retrieve_first_s']:.2f} s", "target < 10 s"),
                  ("  Retrieve while the job runs", f"{r.get('retrieve_during_job_s', float('nan')):.2f} s",
                   "LS sends every task still without a prediction"),
                  ("  Retrieve after the job", f"{r['retrieve_after_job_s']:.2f} s",
                   f"predictions after it: {r['predictions_after_second_retrieve']}"),
-                 ("  first shard visible in LS", f"{r['first_shard_s']:.1f} s", f"shard = {r['shard_size']} tasks"),
-                 ("  whole job (Retrieve -> done)", f"{r['job_s']:.1f} s", f"{n / r['job_s']:.1f} tasks/s"),
-                 ("  write-back (bulk import)", f"{r['write_back_per_s']:.0f} pred/s",
+                 ("  first predictions visible in LS", _dur(r["first_shard_s"]), f"chunk = {chunk} tasks"),
+                 ("  all written (Retrieve -> job done)", _dur(r["job_s"]), f"{n / r['job_s']:.2f} tasks/s")]
+        if r.get("killed_after_chunks"):
+            rows.append(("  backend killed -9 in the one-pass phase", _dur(r["killed_at_s"]),
+                         f"after {r['killed_after_chunks']} chunks, {r['predictions_at_kill']} predictions in LS; "
+                         f"job restarts {r.get('job_restarts')}"))
+        rows += [("  write-back (bulk import)", f"{r['write_back_per_s']:.0f} pred/s",
                   f"{r['import_requests']} requests for {r['imported']} predictions"),
                  ("  tasks with exactly one prediction", f"{r['tasks_with_exactly_one']}/{n}",
-                  f"versions {', '.join(r['versions'])}"),
+                  f"{r['predictions']} predictions; versions {', '.join(r['versions'])}"),
                  ("  project model_version = served; score column filled",
                   f"{r['project_model_version_is_served']}", f"{r['score_column_filled']}/{n} tasks"),
                  ("  accuracy on the SST-2 dev part", f"{r['dev_accuracy']:.3f}", f"{r['dev_tasks']} tasks"),
@@ -213,15 +242,6 @@ def table(args) -> None:
         if key.startswith("retrieve-"):
             rows.append((f"{r['tasks']} tasks: Retrieve predictions (job starts)", f"{r['retrieve_first_s']:.2f} s",
                          f"of which the backend's /predict {r['predict_server_s']:.2f} s; the rest is LS"))
-    for mode in ("on", "off"):
-        r = res.get(f"carry-{mode}")
-        if not r:
-            continue
-        accs = " ".join(f"{float(r['accuracy'][k]):.3f}" if k in r["accuracy"] else "  -  " for k in
-                        (str(i) for i in range(r["tasks"] // r["shard_size"])))
-        times = ", ".join(f"{float(s):.0f}s" for s in r.get("shard_s", {}).values())
-        rows.append((f"ICM {r['tasks']} tasks, carry {mode} ({r['model']}, iters {r['max_iters']})",
-                     accs, f"{r['status']}; carried {r['carried']}; shard wall {times or 'n/a'}"))
     w0 = max([len(a) for a, _, _ in rows] + [10])
     w1 = max([len(b) for _, b, _ in rows] + [5])
     print(f"\nbench_project  cpus={os.cpu_count()}")
@@ -229,24 +249,6 @@ def table(args) -> None:
     print("-" * (w0 + w1 + 40))
     for a, b, c in rows:
         print(f"{a:<{w0}}  {b:>{w1}}  {c}")
-
-    # what bigger projects cost at these rates (the job's time scales with the task count; Retrieve does not)
-    scale_r = next((r for k, r in res.items() if k.startswith("scale-")), None)
-    on = res.get("carry-on")
-    print("\nprojected cost at the measured rates (local CPU, this machine)")
-    print(f"{'project':<10} {'Retrieve':>9} {'zero-shot job':>14} {'write-back':>11} {'ICM job (default)':>18}"
-          "   (Retrieve: measured where a row above has it)")
-    for n in (10_000, 100_000):
-        zs = n / (scale_r["tasks"] / scale_r["job_s"]) if scale_r else float("nan")
-        wb = n / scale_r["write_back_per_s"] if scale_r else float("nan")
-        icm = float("nan")
-        if on and on.get("shard_s"):
-            per_shard = sum(float(s) for s in on["shard_s"].values()) / len(on["shard_s"])
-            icm = n / on["shard_size"] * per_shard
-        ret = res.get(f"retrieve-{n}", {}).get("retrieve_first_s", float("nan"))
-        print(f"{n:<10,} {_dur(ret):>9} {_dur(zs):>14} {_dur(wb):>11} {_dur(icm):>18}")
-    print("through a model server (vLLM): not measured here (the remote scorer has not been benchmarked on a "
-          "project yet)")
 
 
 def _dur(s: float) -> str:
@@ -261,9 +263,12 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("scale")
     a.add_argument("--tasks", type=int, default=2000)
-    a.add_argument("--model", default="smollm2-135m")
+    a.add_argument("--model", default="smollm2-135m", help="'' for the backend's default model")
     a.add_argument("--method", default="zero-shot")
-    a.add_argument("--shard-size", type=int, default=128)
+    a.add_argument("--shard-size", type=int, default=None, help="ICM_CHUNK_SIZE (default: the job's own)")
+    a.add_argument("--kill-after-chunks", type=int, default=0,
+                   help="kill the backend (-9) once this many chunks are written, start it again, check nothing is "
+                        "lost or written twice")
     a.add_argument("--retrieve-only", action="store_true", help="time the first Retrieve, then stop (no job wait)")
     sub.add_parser("table")
     args = ap.parse_args()

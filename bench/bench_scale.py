@@ -85,12 +85,21 @@ def make_model(args):
     return TransformersScorer(load_lm(args.model, dtype=args.dtype), LABELS)
 
 
-def run_one(scorer, rows, method: str, seed: int, core: int | None, max_iters: int | None = None):
-    """One labelling through label_rows; (predictions, wall s, LM tokens)."""
+def run_one(scorer, rows, method: str, seed: int, core: int | None, max_iters: int | None = None,
+            phases: dict | None = None):
+    """One labelling through label_rows; (predictions, wall s, LM tokens).
+
+    `phases`, if given, gets the seconds until the one-pass phase's first progress line ("search_s": the
+    core's search and the first chunk's assessment) from the engine's own progress messages."""
     before = scorer.stats.tokens_processed
     t0 = time.perf_counter()
+
+    def progress(done, total, msg):
+        if phases is not None and "search_s" not in phases and msg.startswith("one pass"):
+            phases["search_s"] = round(time.perf_counter() - t0, 1)
+
     preds = label_rows(rows, task="classify", labels=LABELS, method=method, model=scorer, seed=seed,
-                       config=SearchConfig(core_size=core, max_iters=max_iters))
+                       config=SearchConfig(core_size=core, max_iters=max_iters), progress=progress)
     return preds, time.perf_counter() - t0, scorer.stats.tokens_processed - before
 
 
@@ -168,16 +177,20 @@ def cost(args) -> None:
         for method in args.methods:
             if (method, n) in have:
                 continue
-            preds, wall, tokens = run_one(scorer, rows, method, args.seed, SearchConfig.core_size, args.max_iters)
+            phases: dict = {}
+            preds, wall, tokens = run_one(scorer, rows, method, args.seed, SearchConfig.core_size, args.max_iters,
+                                          phases)
             _append(out, {"method": method, "n": n, "wall_s": round(wall, 1), "tasks_per_s": round(n / wall, 3),
-                          "s_per_task": round(wall / n, 4), "lm_tokens": tokens,
+                          "s_per_task": round(wall / n, 4), "lm_tokens": tokens, **phases,
                           "side": "model server" if args.server else f"in process ({args.dtype})"})
     results = _done(out) if out else []
-    print(f"\n{'method':10} {'tasks':>7} {'wall s':>8} {'tasks/s':>8} {'s/task':>7} {'x zero-shot':>11}")
+    print(f"\n{'method':10} {'tasks':>7} {'wall s':>8} {'core s':>7} {'tasks/s':>8} {'s/task':>7} {'x zero-shot':>11}")
     for r in sorted(results, key=lambda r: (r["n"], r["method"])):
         zs = next((z for z in results if z["n"] == r["n"] and z["method"] == "zero-shot"), None)
         ratio = f"{r['s_per_task'] / zs['s_per_task']:11.1f}" if zs else f"{'-':>11}"
-        print(f"{r['method']:10} {r['n']:7d} {r['wall_s']:8.0f} {r['tasks_per_s']:8.2f} {r['s_per_task']:7.3f} {ratio}")
+        core_s = f"{r['search_s']:7.0f}" if "search_s" in r else f"{'-':>7}"
+        print(f"{r['method']:10} {r['n']:7d} {r['wall_s']:8.0f} {core_s} {r['tasks_per_s']:8.2f} {r['s_per_task']:7.3f} "
+              f"{ratio}")
 
 
 # -- the number format -------------------------------------------------------------------------------

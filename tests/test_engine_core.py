@@ -124,3 +124,45 @@ def test_small_project_runs_the_search_on_every_row():
     preds = label_rows(rows, task="claims", model=model, seed=0, config=SearchConfig(**CFG), on_chunk=chunks.append)
     assert len(chunks) == 1 and len(chunks[0]) == 20 and len(preds) == 20
     assert "fitted on" not in preds.assessment.calibrated_on
+
+
+def test_a_relabel_reuses_the_core_with_no_search_when_no_human_label_contradicts_it(monkeypatch):
+    rows = _rows(90)
+    first = label_rows(rows, task="claims", model=ContextReader(), seed=3, config=SearchConfig(**CFG))
+    assert first.core_note.startswith("ICM on a core of 24 rows") and len(first.core) == 24
+    outside = [i for i in range(90) if i not in first.core][:5]
+    agree = next(i for i in first.core)
+    fixed = {**{i: first[i].label for i in outside}, agree: first.core[agree]}  # reviewed: agrees with the core
+
+    def no_search(self, progress=None):
+        raise AssertionError("the search ran on a relabel that could reuse the core")
+    monkeypatch.setattr("icm_backend.engine.search.ICMSearch.run", no_search)
+    model = ContextReader()
+    again = label_rows(rows, task="claims", model=model, seed=3, config=SearchConfig(**CFG), fixed=fixed,
+                       core=first.core)
+    assert again.core_note.startswith("previous core of 29 rows reused (6 human labels"), again.core_note
+    assert {i: again.core[i] for i in first.core} == first.core  # the core's labels as they were
+    assert set(again.core) == set(first.core) | set(outside)  # the human-labelled rows joined it
+    assert all(again[i].fixed and again[i].label == y for i, y in fixed.items())
+    assert sorted(p.index for p in again) == list(range(90))
+    # the one pass read the other rows after prefixes holding the core's labels and the human ones
+    assert any(f"{rows[outside[0]]['choice']}" in prefix for prefix, _ in model.calls)
+
+
+def test_a_human_label_that_contradicts_the_core_makes_a_relabel_search_again():
+    rows = _rows(90)
+    first = label_rows(rows, task="claims", model=ContextReader(), seed=3, config=SearchConfig(**CFG))
+    row, word = next(iter(first.core.items()))
+    other = next(w for w in ("True", "False") if w != word)
+    again = label_rows(rows, task="claims", model=ContextReader(), seed=3, config=SearchConfig(**CFG),
+                       fixed={row: other}, core=first.core)
+    assert again.core_note.startswith(f"new core search: 1 human label(s) contradict the previous core's (rows {row})")
+    assert again[row].fixed and again[row].label == other
+
+
+def test_a_core_naming_a_row_outside_the_input_is_a_clear_error():
+    from icm_backend.errors import InputError
+
+    with pytest.raises(InputError, match=r"core: row 500 is outside the input"):
+        label_rows(_rows(40), task="claims", model=ContextReader(), seed=0, config=SearchConfig(**CFG),
+                   core={500: "True"})

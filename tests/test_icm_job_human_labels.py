@@ -58,3 +58,86 @@ def test_an_unreliable_labelling_is_said_in_the_job_status(make):
         verdict = app.test_client().get("/versions" + query).json["labelling"][str(job.project)]
         assert verdict["reliable"] is False and verdict["job"] == job.id
         assert verdict["reasons"] == ["estimated accuracy 0.52 is under 0.70"] and verdict["estimated_accuracy"] == 0.52
+
+
+class BangScorer:
+    """The engine's real label_rows needs a scorer: this one prefers the first label for texts with an even
+    number of "!" (FakeLS's texts have 0-6), a little more with more labelled examples of it in context."""
+
+    model_id = "bang@0"
+
+    def set_labels(self, words):
+        self.label_words = list(words)
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+    def score(self, prefix, targets):
+        import numpy as np
+
+        lean = 0.02 * (prefix.count(f" {self.label_words[0]}\n") - prefix.count(f" {self.label_words[1]}\n"))
+        out = []
+        for t in targets:
+            even = t.rsplit("sentence", 1)[-1].count("!") % 2 == 0
+            logits = np.array([1.0 if even else -1.0, 0.0]) + np.array([lean, 0.0])
+            out.append(logits - np.log(np.exp(logits).sum()))
+        return np.array(out)
+
+
+def test_a_relabel_reuses_the_projects_core_unless_a_human_label_contradicts_it(make, monkeypatch):
+    """The job keeps the core of each ICM labelling (ProjectStore.put_core); the next job of the project reuses
+    it (no search: engine.core.reuse_core) with the human labels given since; a human label contradicting a
+    core label makes that job search the core again. The real engine (label_rows) on a fake scorer."""
+    from icm_backend.engine import labeler as engine
+    from icm_backend.engine.search import ICMSearch
+
+    searches, cores_in = [], []
+    real_run = ICMSearch.run
+    monkeypatch.setattr(ICMSearch, "run", lambda self, progress=None: searches.append(self.n) or real_run(self, progress))
+
+    def label(rows, **kw):
+        cores_in.append(kw.get("core"))
+        return engine.label_rows(rows, **{**kw, "model": BangScorer()})
+
+    annotations: dict = {}
+    ls = LabelledLS(range(1, 41), annotations)
+    app, backend = make(ls, labeler=label, core_size=8, chunk_size=10, max_iters=40)
+    first = run_job(backend)
+    assert first.status == "done", first.error
+    assert searches == [8] and cores_in == [None] and "core" not in first.message
+    core = backend.projects.core(1)
+    assert len(core) == 8 and all(k == 0 and w in ("Positive", "Negative") for _, k, w in core)
+
+    # a review: two tasks outside the core labelled as the core would have it no other way (no contradiction)
+    outside = [t for t in range(1, 41) if t not in {c[0] for c in core}][:2]
+    annotations.update({t: [ann(100 + t, "Positive")] for t in outside})
+    second = run_job(backend)
+    assert second.status == "done", second.error
+    assert searches == [8], "the second job searched though nothing contradicted the core"
+    assert "the project's previous core reused (no search)" in second.message
+    assert len(cores_in[-1]) == 8  # the stored core, mapped to this labelling's rows
+    assert second.state["core_note"].startswith("previous core of 10 rows reused (2 human labels")
+    assert sorted({c[0] for c in backend.projects.core(1)}) == sorted({c[0] for c in core} | set(outside))
+
+    # a human label that contradicts a core label: the core is searched again
+    tid, _, word = core[0]
+    annotations[tid] = [ann(999, "Negative" if word == "Positive" else "Positive")]
+    third = run_job(backend)
+    assert third.status == "done", third.error
+    assert len(searches) == 2 and "core searched again (1 human label(s) contradict" in third.message
+
+
+def test_icm_reuse_core_0_searches_every_time(make, monkeypatch):
+    from icm_backend.engine import labeler as engine
+
+    cores_in = []
+
+    def label(rows, **kw):
+        cores_in.append(kw.get("core"))
+        return engine.label_rows(rows, **{**kw, "model": BangScorer()})
+
+    ls = LabelledLS(range(1, 31), {})
+    app, backend = make(ls, labeler=label, core_size=8, chunk_size=10, max_iters=30, reuse_core=False)
+    for _ in range(2):
+        assert run_job(backend).status == "done"
+    assert cores_in == [None, None]

@@ -78,6 +78,27 @@ def draw_core(problem: Problem, fixed: set[int], size: int, seed: int) -> list[i
     return sorted(core)
 
 
+def reuse_core(problem: Problem, fixed: dict[int, int], prior: dict[int, int]) -> tuple[list[int] | None, str]:
+    """The core a relabel reuses (row indices), or None when it must search again; and why, in words.
+
+    A previous labelling's core (`prior`, row -> label index) is kept, with its labels, when no human
+    label contradicts it and every row of its groups has a label (the human-labelled rows and their
+    groups join it, as in draw_core): then a relabel, after a review or under a new model version, is the
+    one-pass phase alone. A human label that contradicts a core label means the core's coherent labelling
+    was wrong there, and what else it got wrong with it is unknown: the core is searched again, with every
+    human label fixed."""
+    contradicted = sorted(i for i, y in fixed.items() if i in prior and prior[i] != y)
+    if contradicted:
+        return None, (f"new core search: {len(contradicted)} human label(s) contradict the previous core's "
+                      f"(rows {', '.join(map(str, contradicted[:5]))}{', ...' if len(contradicted) > 5 else ''})")
+    core = sorted({i for g in groups_of(problem) if any(j in prior or j in fixed for j in g) for i in g})
+    missing = [i for i in core if i not in prior and i not in fixed]
+    if missing:
+        return None, f"new core search: {len(missing)} row(s) of the previous core's groups have no label"
+    return core, (f"previous core of {len(core)} rows reused ({sum(i in fixed for i in core)} human labels, none "
+                  f"contradicting it): no search, one pass over the rest")
+
+
 def chunk_rest(problem: Problem, rest: list[int], chunk_size: int, seed: int) -> list[list[int]]:
     """The rows outside the core in chunks of about `chunk_size`, whole groups, in a random order (drawn
     with the seed): the first chunk is a random sample of the rest, which the calibration is fitted on."""
@@ -181,20 +202,25 @@ def _sub_problem(problem: Problem, rows: list[dict], idx: list[int]) -> Problem:
 
 
 def label_with_core(rows: list[dict], problem: Problem, scorer, config: SearchConfig, seed: int, checkpoint,
-                    progress, fixed: dict[int, int], review: ReviewConfig, window, on_chunk) -> Labelling:
-    """ICM on a core, one pass for the rest (engine.core has the method and its cost)."""
+                    progress, fixed: dict[int, int], review: ReviewConfig, window, on_chunk,
+                    prior: dict[int, int] | None = None) -> Labelling:
+    """ICM on a core, one pass for the rest (engine.core has the method and its cost). `prior`: a previous
+    labelling's core, row -> label index, reused as the core when reuse_core allows."""
     n = len(problem.examples)
-    core = draw_core(problem, set(fixed), config.core_size, seed)
+    reused, note = reuse_core(problem, fixed, prior) if prior else (None, "")
+    core = reused if reused is not None else draw_core(problem, set(fixed), config.core_size, seed)
     core_problem = _sub_problem(problem, rows, core)
     core_fixed = {k: problem.label_words[fixed[i]] for k, i in enumerate(core) if i in fixed}
-    log.info("ICM on a core of %d rows (%d human labels), then one pass over the other %d", len(core),
-             len(core_fixed), n - len(core))
+    note = note or f"ICM on a core of {len(core)} rows"
+    log.info("%s (%d human labels), then one pass over the other %d", note, len(core_fixed), n - len(core))
     from icm_backend.engine.labeler import zero_shot_rows  # the labeler imports this module
 
     search = ICMSearch(core_problem, scorer, config, seed, checkpoint, "icm", max_window=window, fixed=core_fixed)
-    # The search's progress in rows of the whole project: a job's bar must not read 100% after the core.
-    state = search.run((lambda d, t, m: progress(d, n, f"ICM on the core ({len(core)} rows): {m}")) if progress
-                       else None)
+    if reused is not None:
+        state = search.adopt(np.array([fixed[i] if i in fixed else prior[i] for i in core]))
+    else:  # the search's progress in rows of the whole project: a job's bar must not read 100% after the core
+        state = search.run((lambda d, t, m: progress(d, n, f"ICM on the core ({len(core)} rows): {m}"))
+                           if progress else None)
     core_labels = np.array(state.labels)
     # The one-pass contexts: the search's final order and the same resampled orders the core is assessed with.
     rng = np.random.default_rng([seed, 104729])
@@ -206,7 +232,8 @@ def label_with_core(rows: list[dict], problem: Problem, scorer, config: SearchCo
     in_core = set(core)
     chunks = chunk_rest(problem, [i for i in range(n) if i not in in_core], config.chunk_size, seed)
     side = Path(str(checkpoint) + ".core.json") if checkpoint else None
-    h = hashlib.sha256(json.dumps([search.fingerprint, n, config.chunk_size, review.resamples]).encode())
+    h = hashlib.sha256(json.dumps([search.fingerprint, n, config.chunk_size, review.resamples,
+                                   sorted(labels_of.items()) if reused is not None else None]).encode())
     for ex in problem.examples:
         h.update(ex.prompt.encode())
     cstate = CoreState.load(side, h.hexdigest()[:16])
@@ -265,6 +292,8 @@ def label_with_core(rows: list[dict], problem: Problem, scorer, config: SearchCo
         cstate.save(side)
     out.sort(key=lambda p: p.index)
     result = Labelling(out)
+    result.core = {i: problem.label_words[y] for i, y in labels_of.items()}
+    result.core_note = note
     result.assessment = _whole(Assessment(**cstate.assessment), out, problem, len(core) + len(first))
     log.info("labelling assessed (fitted on the core and the first chunk, %d rows): %s",
              len(core) + len(first), result.assessment.summary())

@@ -46,7 +46,8 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
                quantize: str = "auto", dtype: str = "auto", fixed: dict | None = None,
                review_fraction: float | None = DEFAULT_REVIEW_FRACTION,
                review: ReviewConfig | None = None,
-               on_chunk: Callable[[list[Prediction]], None] | None = None) -> Labelling:
+               on_chunk: Callable[[list[Prediction]], None] | None = None,
+               core: dict | None = None) -> Labelling:
     """Label `rows` without human labels; one Prediction per row, in input order.
 
     rows: dicts with the fields the `task` preset reads (e.g. {"text": ...} for "classify"; see
@@ -69,6 +70,9 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
     each finished chunk's Predictions as soon as it is labelled (the core and the first chunk together,
     then each later chunk). With a checkpoint, chunks handed to `on_chunk` before a crash are skipped on
     resume (the caller has them) and are missing from the returned list.
+    core: a previous labelling's core ({row index: label}, the `.core` of what this returned before, for
+        the same rows): a relabel reuses it, with no search, unless a human label contradicts it
+        (engine.core.reuse_core says when and why); the returned `.core_note` says which happened.
 
     review_threshold / review_fraction: which rows get a low-confidence flag: those under the
         threshold if one is given, else that share of the rows, least confident first. `review` (a
@@ -95,8 +99,9 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
         review = ReviewConfig(fraction=review_fraction, threshold=review_threshold)
     fixed_idx = fixed_indices(problem, fixed)
     if method == "icm" and config.core_size and len(problem.examples) - len(fixed_idx) > config.core_size:
+        prior = fixed_indices(problem, core, "core") if core else None
         return label_with_core(rows, problem, scorer, config, seed, checkpoint, progress, fixed_idx, review,
-                               window, on_chunk)
+                               window, on_chunk, prior)
     holder: dict = {}
     labels_out, rows_out = run_method(problem, scorer, method, seed, config, checkpoint, progress, gold, window,
                                       fixed=fixed, holder=holder)

@@ -110,7 +110,7 @@ class Checkpoint:
         os.replace(tmp, self.path)
 
 
-def fixed_indices(problem: Problem, fixed: dict | None) -> dict[int, int]:
+def fixed_indices(problem: Problem, fixed: dict | None, field: str = "fixed") -> dict[int, int]:
     """Row index -> label word (or an index into the label words) => row index -> label index.
 
     Fixed rows are human labels (accepted predictions or annotations): members of D from the start,
@@ -122,12 +122,12 @@ def fixed_indices(problem: Problem, fixed: dict | None) -> dict[int, int]:
         try:
             i = int(key)
         except (TypeError, ValueError):
-            raise InputError(f"fixed: row {key!r} is not a row index") from None
+            raise InputError(f"{field}: row {key!r} is not a row index") from None
         if not 0 <= i < n:
-            raise InputError(f"fixed: row {i} is outside the input (0..{n - 1})")
+            raise InputError(f"{field}: row {i} is outside the input (0..{n - 1})")
         word = gold_label(value if not isinstance(value, np.integer) else int(value), problem)
         if word is None:
-            raise InputError(f"fixed: row {i} has label {value!r}, not one of {problem.label_words}")
+            raise InputError(f"{field}: row {i} has label {value!r}, not one of {problem.label_words}")
         out[i] = problem.label_words.index(word)
     return out
 
@@ -223,6 +223,19 @@ class ICMSearch:
         self.plan.label_order = order + [int(i) for i in chosen]
         labels, _ = self.consistency_fix(labels)
         return SearchState(labels=labels.tolist(), fingerprint=self.fingerprint, label_order=self.plan.label_order)
+
+    def adopt(self, labels: np.ndarray) -> SearchState:
+        """A finished state for a labelling found before instead of a search (a relabel that reuses a
+        previous core): human labels as given, ConsistencyFix applied, D's order drawn as a sweep draws it."""
+        labels = np.array(labels)
+        for i, y in self.fixed.items():
+            labels[i] = y
+        if (labels == UNLABELLED).any():
+            raise ValueError("adopt: every row needs a label")
+        self.plan.label_order = self.context_order(self.rng)
+        labels, _ = self.consistency_fix(labels)
+        return SearchState(labels=labels.tolist(), fingerprint=self.fingerprint, label_order=self.plan.label_order,
+                           done=True)
 
     def run(self, progress=None) -> SearchState:
         state = self.checkpoint.load(self.fingerprint)

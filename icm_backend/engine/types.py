@@ -47,6 +47,10 @@ class Prediction:
 
 class Labelling(list):
     """What label_rows returns: the Predictions (a plain list, input order) plus `assessment`, the
-    project-level facts (calibration, estimated accuracy, reliability, drift; engine.calibration)."""
+    project-level facts (calibration, estimated accuracy, reliability, drift; engine.calibration), and for
+    a project labelled on a core (engine.core) `core`, {row index: label word} of the core's coherent
+    labelling (what a later relabel may reuse), and `core_note`, how that core came about."""
 
     assessment = None
+    core: dict | None = None
+    core_note: str = ""

@@ -1,4 +1,5 @@
-"""Per-project settings that /setup told us: the label config, where Label Studio is, and a version pin.
+"""Per-project settings that /setup told us (the label config, where Label Studio is, a version pin) and the
+core of the project's last ICM labelling, which its next labelling reuses.
 
 Credentials are the sensitive part. /setup comes from whoever can reach the backend, so:
 - the backend's own configuration (LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY) always wins; a /setup
@@ -10,6 +11,7 @@ Credentials are the sensitive part. /setup comes from whoever can reach the back
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -25,6 +27,12 @@ CREATE TABLE IF NOT EXISTS projects (
     label_config TEXT,
     hostname TEXT,
     access_token TEXT,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cores (
+    project INTEGER PRIMARY KEY,
+    core TEXT NOT NULL,
+    model_version TEXT,
     updated REAL NOT NULL
 );
 """
@@ -93,6 +101,17 @@ class ProjectStore:
             return None
         known = self.get_project(project) or {}
         return known.get("model_version_pin") or None
+
+    def put_core(self, project: int, core: list, model_version: str) -> None:
+        """The core of the project's last ICM labelling ([task id, row of the task, label word] per row):
+        the next labelling of the project reuses it unless a human label contradicts it (engine.core)."""
+        self.db.q("INSERT INTO cores(project, core, model_version, updated) VALUES (?,?,?,?) ON CONFLICT(project) "
+                  "DO UPDATE SET core=excluded.core, model_version=excluded.model_version, updated=excluded.updated",
+                  (project, json.dumps(core), model_version, time.time()))
+
+    def core(self, project: int) -> list | None:
+        rows = self.db.q("SELECT core FROM cores WHERE project=?", (project,))
+        return json.loads(rows[0]["core"]) if rows else None
 
     def credentials(self, project: int, url: str | None, api_key: str | None) -> Credentials | None:
         """Where a job talks to Label Studio for `project`, given the configured url/api_key, or None.

@@ -89,6 +89,12 @@ class ICMJob:
         if "human" not in state and method != "zero-shot":
             state["human"] = self._human_labels(project, spec, set(by_id))
             ctx.save_state(state)
+        # The core of the project's last ICM labelling: reused (no search) unless a human label contradicts it
+        # (engine.core.reuse_core). Read once, kept for a resume; the trial pass gets the same one.
+        if "prior_core" not in state:
+            state["prior_core"] = self.projects.core(project) if method == "icm" and self.host.config.reuse_core \
+                else None
+            ctx.save_state(state)
         human = {int(t): lab for t, lab in state.get("human", [])}
         tasks = [t for t in tasks if t["id"] not in human]
         total = len(tasks)
@@ -132,7 +138,12 @@ class ICMJob:
             ctx.progress(state["written"], total, f"{state['written']}/{total} tasks written")
 
         preds = self.host.label(spec, tasks, method=method, checkpoint=ctx.workdir / "icm.ckpt", progress=progress,
-                                version=version, context=context, fixed=fixed, on_chunk=write)
+                                version=version, context=context, fixed=fixed, on_chunk=write,
+                                core=state.get("prior_core"))
+        if getattr(preds, "core", None):  # what the project's next labelling reuses
+            self.projects.put_core(project, preds.core, version)
+            state["core_note"] = preds.core_note
+            ctx.save_state(state)
         assessment = getattr(preds, "assessment", None)
         if assessment is not None:  # calibration and the "does the model know" check
             state["assessment"] = assessment.to_json()
@@ -151,6 +162,11 @@ class ICMJob:
             state["model_version_set"] = run["published"]
             ctx.save_state(state)
         human_note = f", {len(human)} human labels fixed in context" if human else ""
+        note = state.get("core_note", "")
+        if note.startswith("previous core"):
+            human_note += ", the project's previous core reused (no search)"
+        elif note.startswith("new core search: "):
+            human_note += f", core searched again ({note.removeprefix('new core search: ')})"
         if trial is not None:
             human_note += self._record_trial(job, state)
         v, verdict = labelling_verdict(state.get("assessment", {})), ""
@@ -193,7 +209,7 @@ class ICMJob:
                 ctx.save_state(state)
 
             self.host.label(spec, tasks, method=method, checkpoint=ctx.workdir / "trial.ckpt", progress=progress,
-                            version=name, context=context, fixed=fixed, on_chunk=keep)
+                            version=name, context=context, fixed=fixed, on_chunk=keep, core=state.get("prior_core"))
             t["done"] = True
             ctx.save_state(state)
         log.info("job %d: version on trial %s labelled %d tasks", ctx.job.id, name, len(t["labels"]))

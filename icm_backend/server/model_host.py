@@ -70,9 +70,24 @@ def remote_loader(config: ServerConfig) -> Callable[[str], object]:
 
 class LabelledTasks(dict):
     """ModelHost.label's result: {task id: TaskPrediction}, plus the engine's project-level `assessment`
-    (engine.calibration.Assessment, or None from a labeler that gives none)."""
+    (engine.calibration.Assessment, or None from a labeler that gives none), and for a project labelled on a
+    core its `core` ([task id, row of the task, label word] per core row: what a relabel may reuse) and
+    `core_note` (engine.core.reuse_core: the core reused, or why it was searched)."""
 
     assessment = None
+    core: list | None = None
+    core_note: str = ""
+
+
+def row_keys(rowset) -> list[tuple[int, int]]:
+    """(task id, k) of each row: the k-th row of its task. Rows are rebuilt from tasks on every call, so a
+    core kept between labellings is named by task, not by row index."""
+    seen: dict[int, int] = {}
+    out = []
+    for tid in rowset.task_ids:
+        out.append((tid, seen.get(tid, 0)))
+        seen[tid] = seen.get(tid, 0) + 1
+    return out
 
 
 class ModelHost:
@@ -130,7 +145,8 @@ class ModelHost:
               progress: Callable[[int, int, str], None] | None = None,
               version: str | None = None, context: list[dict] | None = None,
               fixed: dict[int, str] | None = None,
-              on_chunk: Callable[[dict[int, P.TaskPrediction]], None] | None = None) -> dict[int, P.TaskPrediction]:
+              on_chunk: Callable[[dict[int, P.TaskPrediction]], None] | None = None,
+              core: list | None = None) -> dict[int, P.TaskPrediction]:
         """One TaskPrediction per task. Exceptions raised by `progress` (cancel, a time budget) and
         ModelUnavailable propagate; any other engine failure costs only the task(s) that caused it.
 
@@ -138,7 +154,8 @@ class ModelHost:
         members of D, used as in-context examples, never relabelled, not returned.
         on_chunk: receives the TaskPredictions of each chunk as the engine finishes it (a big project's
         core and first chunk, then each later chunk; a small one's all at once), and at the end whatever it
-        was not handed yet. With a checkpoint, a resumed call skips the chunks handed over before."""
+        was not handed yet. With a checkpoint, a resumed call skips the chunks handed over before.
+        core: a previous result's `.core`: the engine reuses it where it can (engine.core.reuse_core)."""
         mine = {t["id"] for t in tasks}
         context = [t for t in (context or []) if t["id"] in (fixed or {}) and t["id"] not in mine]
         rowset = tasks_to_rows(spec, tasks + context, max_chars=self.config.max_text_chars)
@@ -175,6 +192,12 @@ class ModelHost:
         config = SearchConfig(max_iters=self.config.max_iters, checkpoint_every_s=self.config.checkpoint_every_s,
                               core_size=self.config.core_size, chunk_size=self.config.chunk_size)
         extra = {"fixed": fixed_rows} if fixed_rows else {}
+        keys = row_keys(rowset)
+        if core:
+            by_key = {(int(t), int(k)): w for t, k, w in core}
+            prior = {j: by_key[key] for j, key in enumerate(keys) if key in by_key}
+            if prior:
+                extra["core"] = prior
         if on_chunk is not None:
             def chunk(preds: list) -> None:  # a task's prediction comes from its primary row
                 rows = {p.index for p in preds}
@@ -201,6 +224,9 @@ class ModelHost:
         labelled = LabelledTasks({tid: p for tid, p in out.items() if tid in mine
                                   and (tid not in rowset.primary or rowset.primary[tid] in got or not handed)})
         labelled.assessment = getattr(raw, "assessment", None)  # calibration / reliability of this labelling
+        if getattr(raw, "core", None):
+            labelled.core = [[*keys[j], w] for j, w in sorted(raw.core.items())]
+            labelled.core_note = getattr(raw, "core_note", "")
         hand({t: p for t, p in labelled.items() if t not in handed})
         return labelled
 
