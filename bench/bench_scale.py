@@ -7,6 +7,8 @@
     # (b) cost growth: tasks/s of the default ICM job's labelling and of zero-shot at each size (texts of the
     #     given files repeated past their count), in process or through a model server (--server URL --model M)
     python bench/bench_scale.py cost --texts data/sst2/dev.tsv data/sst2/test.tsv --sizes 1000 10000
+    # (c) relabel after a review: the previous core reused vs a new search, gold on the 100 least confident
+    python bench/bench_scale.py relabel --data data/sst2/dev.tsv --seeds 0 --json relabel.jsonl
     # the number format: zero-shot on 50 rows with --dtype auto, fp32, bf16
     python bench/bench_scale.py dtype --data data/sst2/dev.tsv
 
@@ -193,6 +195,52 @@ def cost(args) -> None:
               f"{ratio}")
 
 
+# -- (c) relabel after a review ----------------------------------------------------------------------
+def relabel(args) -> None:
+    """What reusing the core buys after a review, and what it costs in accuracy.
+
+    A first labelling (ICM on the core + one pass); a reviewer gives the gold label of the `--reviewed`
+    least confident rows; then the project is relabelled three ways, each with those labels fixed:
+    "reuse" (the previous core, the human labels in place of its labels where they differ: no search),
+    "search" (a new search on a core drawn as the first), and what ships ("as shipped": reuse unless a human
+    label contradicts the core, engine.core.reuse_core). Accuracy on the rows nobody reviewed, wall time."""
+    texts, gold = read_tsv(args.data)
+    rows = [{"text": t} for t in texts]
+    out = Path(args.json) if args.json else None
+    have = {(r["arm"], r["seed"]) for r in _done(out)}
+    scorer = make_model(args)
+    print(machine())
+    for seed in args.seeds:
+        if all((a, seed) in have for a in ("reuse", "search", "as shipped")):
+            continue
+        first, wall, _ = run_one(scorer, rows, "icm", seed, SearchConfig.core_size, args.max_iters)
+        order = sorted(range(len(rows)), key=lambda i: (first[i].confidence, i))
+        fixed = {i: LABELS[gold[i]] for i in order[:args.reviewed]}
+        others = [i for i in range(len(rows)) if i not in fixed]
+        contra = sum(1 for i, w in first.core.items() if i in fixed and fixed[i] != w)
+        base = float(np.mean([first[i].label == LABELS[gold[i]] for i in others]))
+        _append(out, {"arm": "first", "seed": seed, "wall_s": round(wall, 1), "accuracy_unreviewed": round(base, 4),
+                      "reviewed": len(fixed), "reviewed_in_core": sum(i in first.core for i in fixed),
+                      "contradicting_core": contra})
+        for arm, core in (("reuse", {i: fixed.get(i, w) for i, w in first.core.items()}), ("search", None),
+                          ("as shipped", first.core)):
+            if (arm, seed) in have:
+                continue
+            t0 = time.perf_counter()
+            preds = label_rows(rows, task="classify", labels=LABELS, method="icm", model=scorer, seed=seed,
+                               fixed=fixed, core=core, config=SearchConfig(max_iters=args.max_iters))
+            acc = float(np.mean([preds[i].label == LABELS[gold[i]] for i in others]))
+            _append(out, {"arm": arm, "seed": seed, "wall_s": round(time.perf_counter() - t0, 1),
+                          "accuracy_unreviewed": round(acc, 4), "before": round(base, 4), "note": preds.core_note})
+    results = _done(out) if out else []
+    print(f"\n{'relabel':11} {'seeds':>5} {'acc. unreviewed':>15} {'first':>7} {'wall s':>7}")
+    for arm in ("reuse", "search", "as shipped"):
+        rs = [r for r in results if r["arm"] == arm]
+        if rs:
+            print(f"{arm:11} {len(rs):5d} {np.mean([r['accuracy_unreviewed'] for r in rs]):15.3f} "
+                  f"{np.mean([r['before'] for r in rs]):7.3f} {np.mean([r['wall_s'] for r in rs]):7.0f}")
+
+
 # -- the number format -------------------------------------------------------------------------------
 def dtype(args) -> None:
     texts, gold = read_tsv(args.data)
@@ -223,18 +271,22 @@ def main() -> None:
     c.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     c.add_argument("--methods", nargs="+", default=["zero-shot", "icm"])
     c.add_argument("--seed", type=int, default=0)
+    r = sub.add_parser("relabel")
+    r.add_argument("--data", required=True)
+    r.add_argument("--seeds", type=int, nargs="+", default=[0])
+    r.add_argument("--reviewed", type=int, default=100, help="rows a reviewer labels (the least confident)")
     d = sub.add_parser("dtype")
     d.add_argument("--data", required=True)
     d.add_argument("--n", type=int, default=50)
-    for p in (q, c, d):
+    for p in (q, c, r, d):
         p.add_argument("--model", default=None)
         p.add_argument("--dtype", default="auto")
         p.add_argument("--json", help="append results here (JSON lines); a rerun skips finished rows")
         p.add_argument("--max-iters", type=int, help="cap the search (default: the engine's 20 x N)")
-    for p in (q, c):
+    for p in (q, c, r):
         add_server_args(p)
     args = ap.parse_args()
-    {"quality": quality, "cost": cost, "dtype": dtype}[args.cmd](args)
+    {"quality": quality, "cost": cost, "relabel": relabel, "dtype": dtype}[args.cmd](args)
 
 
 if __name__ == "__main__":
