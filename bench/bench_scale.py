@@ -116,20 +116,24 @@ def _append(path: Path | None, row: dict) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def _setup(args, n: int | None = None):
+    """--data's rows (the first n), gold, the --json file, the (arm, seed) pairs it has, the model; the CPU line."""
+    texts, gold = read_tsv(args.data)
+    if n:
+        texts, gold = texts[:n], gold[:n]
+    out = Path(args.json) if args.json else None
+    scorer = make_model(args)
+    print(machine())
+    return [{"text": t} for t in texts], gold, out, {(r["arm"], r["seed"]) for r in _done(out)}, scorer
+
+
 # -- (a) quality -------------------------------------------------------------------------------------
 ARMS = {"zero-shot": ("zero-shot", None), "bootstrap": ("bootstrap", None), "sharded-128": ("icm", 0),
         "core-128": ("icm", 128), "core-256": ("icm", 256), "core-512": ("icm", 512)}
 
 
 def quality(args) -> None:
-    texts, gold = read_tsv(args.data)
-    if args.n:
-        texts, gold = texts[:args.n], gold[:args.n]
-    rows = [{"text": t} for t in texts]
-    out = Path(args.json) if args.json else None
-    have = {(r["arm"], r["seed"]) for r in _done(out)}
-    scorer = make_model(args)
-    print(machine())
+    rows, gold, out, have, scorer = _setup(args, args.n)
     for seed in args.seeds:
         for arm in args.arms:
             if (arm, seed) in have:
@@ -204,12 +208,7 @@ def relabel(args) -> None:
     "reuse" (the previous core, the human labels in place of its labels where they differ: no search),
     "search" (a new search on a core drawn as the first), and what ships ("as shipped": reuse unless a human
     label contradicts the core, engine.core.reuse_core). Accuracy on the rows nobody reviewed, wall time."""
-    texts, gold = read_tsv(args.data)
-    rows = [{"text": t} for t in texts]
-    out = Path(args.json) if args.json else None
-    have = {(r["arm"], r["seed"]) for r in _done(out)}
-    scorer = make_model(args)
-    print(machine())
+    rows, gold, out, have, scorer = _setup(args)
     for seed in args.seeds:
         if all((a, seed) in have for a in ("reuse", "search", "as shipped")):
             continue
