@@ -4,9 +4,9 @@
     #    2,000 SST-2 texts (dev + test), ICM_METHOD=zero-shot, smollm2-135m
     flock /tmp/icm-cpu.lock python bench/bench_project.py scale
     #    (--method icm: the default job, ICM on a core and one pass for the rest, in chunks of --shard-size)
-    #    the default ICM job on the default model, 10,000 tasks, the backend killed -9 after 3 chunks:
+    #    the default ICM job on the default model, 10,000 tasks, the backend killed -9 after its first write:
     flock /tmp/icm-cpu.lock python bench/bench_project.py scale --tasks 10000 --model '' --method icm \
-        --kill-after-chunks 3
+        --kill-after-tasks 1
     # 2. the table
     python bench/bench_project.py table
 
@@ -122,19 +122,19 @@ def scale(args) -> None:
         out["first_shard_s"] = time.monotonic() - t_start
         if first["status"] == "running":
             out["retrieve_during_job_s"] = retrieve()  # LS sends every task still without a prediction
-        if args.kill_after_chunks:  # the backend killed (-9) in the one-pass phase, then started again
-            def chunks_written():
+        if args.kill_after_tasks:  # the backend killed (-9) in the one-pass phase, then started again
+            def tasks_written():
                 j = requests.get(job_url, timeout=5).json()
                 if j["status"] in ("done", "failed"):
                     raise RuntimeError(f"the job ended before the kill: {j['status']} {j['message']}")
-                return j["state"].get("written", 0) >= args.kill_after_chunks and j
-            j = wait_for(chunks_written, 6 * 3600, f"chunk {args.kill_after_chunks}", every=0.2)
+                return j["state"].get("written", 0) >= args.kill_after_tasks and j
+            j = wait_for(tasks_written, 6 * 3600, f"{args.kill_after_tasks} tasks written", every=0.2)
             backend.kill()
             out["killed_at_s"] = time.monotonic() - t_start
-            out["killed_after_chunks"] = j["state"]["written"]
+            out["killed_after_tasks"] = j["state"]["written"]
             out["predictions_at_kill"] = len(ls.predictions.list(project=project.id))
-            print(f"  killed -9 after {j['state']['written']} chunks ({out['predictions_at_kill']} predictions in LS)",
-                  flush=True)
+            print(f"  killed -9 after {j['state']['written']} tasks written ({out['predictions_at_kill']} predictions "
+                  "in LS)", flush=True)
             backend.start(timeout=300)
             out["restarted_at_s"] = time.monotonic() - t_start
         last_print = 0.0
@@ -225,9 +225,11 @@ def table(args) -> None:
                   f"predictions after it: {r['predictions_after_second_retrieve']}"),
                  ("  first predictions visible in LS", _dur(r["first_shard_s"]), f"chunk = {chunk} tasks"),
                  ("  all written (Retrieve -> job done)", _dur(r["job_s"]), f"{n / r['job_s']:.2f} tasks/s")]
-        if r.get("killed_after_chunks"):
+        # (the first 10,000-task run named the same count "killed_after_chunks": it was the tasks written)
+        killed = r.get("killed_after_tasks", r.get("killed_after_chunks"))
+        if killed:
             rows.append(("  backend killed -9 in the one-pass phase", _dur(r["killed_at_s"]),
-                         f"after {r['killed_after_chunks']} chunks, {r['predictions_at_kill']} predictions in LS; "
+                         f"after {killed} tasks written, {r['predictions_at_kill']} predictions in LS; "
                          f"job restarts {r.get('job_restarts')}"))
         rows += [("  write-back (bulk import)", f"{r['write_back_per_s']:.0f} pred/s",
                   f"{r['import_requests']} requests for {r['imported']} predictions"),
@@ -266,9 +268,9 @@ def main() -> int:
     a.add_argument("--model", default="smollm2-135m", help="'' for the backend's default model")
     a.add_argument("--method", default="zero-shot")
     a.add_argument("--shard-size", type=int, default=None, help="ICM_CHUNK_SIZE (default: the job's own)")
-    a.add_argument("--kill-after-chunks", type=int, default=0,
-                   help="kill the backend (-9) once this many chunks are written, start it again, check nothing is "
-                        "lost or written twice")
+    a.add_argument("--kill-after-tasks", type=int, default=0,
+                   help="kill the backend (-9) once the job has written this many tasks (1: after its first write, "
+                        "the core and the first chunk), start it again, check nothing is lost or written twice")
     a.add_argument("--retrieve-only", action="store_true", help="time the first Retrieve, then stop (no job wait)")
     sub.add_parser("table")
     args = ap.parse_args()
