@@ -224,7 +224,8 @@ def table(args) -> None:
                  ("  Retrieve after the job", f"{r['retrieve_after_job_s']:.2f} s",
                   f"predictions after it: {r['predictions_after_second_retrieve']}"),
                  ("  first predictions visible in LS", _dur(r["first_shard_s"]), f"chunk = {chunk} tasks"),
-                 ("  all written (Retrieve -> job done)", _dur(r["job_s"]), f"{n / r['job_s']:.2f} tasks/s")]
+                 ("  job done (Retrieve -> done)", _dur(r["job_s"]),
+                  f"{n / r['job_s']:.2f} tasks/s; after the predictions, the accept report's marks (one PATCH a task)")]
         # (the first 10,000-task run named the same count "killed_after_chunks": it was the tasks written)
         killed = r.get("killed_after_tasks", r.get("killed_after_chunks"))
         if killed:
