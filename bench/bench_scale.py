@@ -229,8 +229,9 @@ def relabel(args) -> None:
             preds = label_rows(rows, task="classify", labels=LABELS, method="icm", model=scorer, seed=seed,
                                fixed=fixed, core=core, config=SearchConfig(max_iters=args.max_iters))
             acc = float(np.mean([preds[i].label == LABELS[gold[i]] for i in others]))
+            origin = preds.core_origin.text() if preds.core_origin else ""
             _append(out, {"arm": arm, "seed": seed, "wall_s": round(time.perf_counter() - t0, 1),
-                          "accuracy_unreviewed": round(acc, 4), "before": round(base, 4), "note": preds.core_note})
+                          "accuracy_unreviewed": round(acc, 4), "before": round(base, 4), "core": origin})
     results = _done(out) if out else []
     print(f"\n{'relabel':11} {'seeds':>5} {'acc. unreviewed':>15} {'first':>7} {'wall s':>7}")
     for arm in ("reuse", "search", "as shipped"):

@@ -10,6 +10,7 @@ from icm_backend.engine.core import chunk_rest, draw_core, groups_of
 from icm_backend.engine.labeler import label_rows
 from icm_backend.engine.search import SearchConfig
 from icm_backend.engine.tasks import build_problem
+from icm_backend.engine.types import CoreOrigin
 
 
 class ContextReader:
@@ -129,7 +130,7 @@ def test_small_project_runs_the_search_on_every_row():
 def test_a_relabel_reuses_the_core_with_no_search_when_no_human_label_contradicts_it(monkeypatch):
     rows = _rows(90)
     first = label_rows(rows, task="claims", model=ContextReader(), seed=3, config=SearchConfig(**CFG))
-    assert first.core_note.startswith("ICM on a core of 24 rows") and len(first.core) == 24
+    assert first.core_origin == CoreOrigin(CoreOrigin.SEARCHED, 24) and len(first.core) == 24
     outside = [i for i in range(90) if i not in first.core][:5]
     agree = next(i for i in first.core)
     fixed = {**{i: first[i].label for i in outside}, agree: first.core[agree]}  # reviewed: agrees with the core
@@ -140,7 +141,7 @@ def test_a_relabel_reuses_the_core_with_no_search_when_no_human_label_contradict
     model = ContextReader()
     again = label_rows(rows, task="claims", model=model, seed=3, config=SearchConfig(**CFG), fixed=fixed,
                        core=first.core)
-    assert again.core_note.startswith("previous core of 29 rows reused (6 human labels"), again.core_note
+    assert again.core_origin == CoreOrigin(CoreOrigin.REUSED, 29, 6), again.core_origin
     assert {i: again.core[i] for i in first.core} == first.core  # the core's labels as they were
     assert set(again.core) == set(first.core) | set(outside)  # the human-labelled rows joined it
     assert all(again[i].fixed and again[i].label == y for i, y in fixed.items())
@@ -156,7 +157,9 @@ def test_a_human_label_that_contradicts_the_core_makes_a_relabel_search_again():
     other = next(w for w in ("True", "False") if w != word)
     again = label_rows(rows, task="claims", model=ContextReader(), seed=3, config=SearchConfig(**CFG),
                        fixed={row: other}, core=first.core)
-    assert again.core_note.startswith(f"new core search: 1 human label(s) contradict the previous core's (rows {row})")
+    origin = again.core_origin
+    assert origin.how == CoreOrigin.SEARCHED_AGAIN and origin.human == 1, origin
+    assert origin.why.startswith(f"1 human label(s) contradict the previous core's (rows {row})"), origin
     assert again[row].fixed and again[row].label == other
 
 

@@ -116,7 +116,7 @@ def test_a_relabel_reuses_the_projects_core_unless_a_human_label_contradicts_it(
     assert searches == [8], "the second job searched though nothing contradicted the core"
     assert "the project's previous core reused (no search)" in second.message
     assert len(cores_in[-1]) == 8  # the stored core, mapped to this labelling's rows
-    assert second.state["core_note"].startswith("previous core of 10 rows reused (2 human labels")
+    assert second.state["core_origin"] == {"how": "reused", "rows": 10, "human": 2, "why": ""}
     assert sorted({c[0] for c in backend.projects.core(1)}) == sorted({c[0] for c in core} | set(outside))
 
     # a human label that contradicts a core label: the core is searched again

@@ -41,7 +41,7 @@ from icm_backend.engine.consistency import RELATION_TEXT
 from icm_backend.engine.context import SEP
 from icm_backend.engine.search import ICMSearch, SearchConfig
 from icm_backend.engine.tasks import Problem, build_problem
-from icm_backend.engine.types import INCONSISTENT, Flag, Labelling, Prediction
+from icm_backend.engine.types import INCONSISTENT, CoreOrigin, Flag, Labelling, Prediction
 from icm_backend.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def draw_core(problem: Problem, fixed: set[int], size: int, seed: int) -> list[i
 
 
 def reuse_core(problem: Problem, fixed: dict[int, int], prior: dict[int, int]) -> tuple[list[int] | None, str]:
-    """The core a relabel reuses (row indices), or None when it must search again; and why, in words.
+    """The core a relabel reuses (row indices) and "", or None and why it must search again, in words.
 
     A previous labelling's core (`prior`, row -> label index) is kept, with its labels, when no human
     label contradicts it and every row of its groups has a label (the human-labelled rows and their
@@ -89,14 +89,13 @@ def reuse_core(problem: Problem, fixed: dict[int, int], prior: dict[int, int]) -
     human label fixed."""
     contradicted = sorted(i for i, y in fixed.items() if i in prior and prior[i] != y)
     if contradicted:
-        return None, (f"new core search: {len(contradicted)} human label(s) contradict the previous core's "
+        return None, (f"{len(contradicted)} human label(s) contradict the previous core's "
                       f"(rows {', '.join(map(str, contradicted[:5]))}{', ...' if len(contradicted) > 5 else ''})")
     core = sorted({i for g in groups_of(problem) if any(j in prior or j in fixed for j in g) for i in g})
     missing = [i for i in core if i not in prior and i not in fixed]
     if missing:
-        return None, f"new core search: {len(missing)} row(s) of the previous core's groups have no label"
-    return core, (f"previous core of {len(core)} rows reused ({sum(i in fixed for i in core)} human labels, none "
-                  f"contradicting it): no search, one pass over the rest")
+        return None, f"{len(missing)} row(s) of the previous core's groups have no label"
+    return core, ""
 
 
 def chunk_rest(problem: Problem, rest: list[int], chunk_size: int, seed: int) -> list[list[int]]:
@@ -207,12 +206,13 @@ def label_with_core(rows: list[dict], problem: Problem, scorer, config: SearchCo
     """ICM on a core, one pass for the rest (engine.core has the method and its cost). `prior`: a previous
     labelling's core, row -> label index, reused as the core when reuse_core allows."""
     n = len(problem.examples)
-    reused, note = reuse_core(problem, fixed, prior) if prior else (None, "")
+    reused, why = reuse_core(problem, fixed, prior) if prior else (None, "")
     core = reused if reused is not None else draw_core(problem, set(fixed), config.core_size, seed)
     core_problem = _sub_problem(problem, rows, core)
     core_fixed = {k: problem.label_words[fixed[i]] for k, i in enumerate(core) if i in fixed}
-    note = note or f"ICM on a core of {len(core)} rows"
-    log.info("%s (%d human labels), then one pass over the other %d", note, len(core_fixed), n - len(core))
+    how = CoreOrigin.REUSED if reused is not None else CoreOrigin.SEARCHED_AGAIN if prior else CoreOrigin.SEARCHED
+    origin = CoreOrigin(how, len(core), len(core_fixed), why)
+    log.info("%s (%d human labels), then one pass over the other %d", origin.text(), len(core_fixed), n - len(core))
     from icm_backend.engine.labeler import zero_shot_rows  # the labeler imports this module
 
     search = ICMSearch(core_problem, scorer, config, seed, checkpoint, "icm", max_window=window, fixed=core_fixed)
@@ -293,7 +293,7 @@ def label_with_core(rows: list[dict], problem: Problem, scorer, config: SearchCo
     out.sort(key=lambda p: p.index)
     result = Labelling(out)
     result.core = {i: problem.label_words[y] for i, y in labels_of.items()}
-    result.core_note = note
+    result.core_origin = origin
     result.assessment = _whole(Assessment(**cstate.assessment), out, problem, len(core) + len(first))
     log.info("labelling assessed (fitted on the core and the first chunk, %d rows): %s",
              len(core) + len(first), result.assessment.summary())

@@ -72,7 +72,7 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
     resume (the caller has them) and are missing from the returned list.
     core: a previous labelling's core ({row index: label}, the `.core` of what this returned before, for
         the same rows): a relabel reuses it, with no search, unless a human label contradicts it
-        (engine.core.reuse_core says when and why); the returned `.core_note` says which happened.
+        (engine.core.reuse_core says when and why); the returned `.core_origin` says which happened.
 
     review_threshold / review_fraction: which rows get a low-confidence flag: those under the
         threshold if one is given, else that share of the rows, least confident first. `review` (a

@@ -27,6 +27,39 @@ class Flag:
         return cls(str(d.get("type", "")), tuple(int(j) for j in d.get("with") or ()), str(d.get("reason", "")))
 
 
+@dataclass(frozen=True)
+class CoreOrigin:
+    """How a labelling's core (engine.core) came about: `how` is SEARCHED (no previous core to reuse),
+    REUSED (a previous labelling's core and labels, no search) or SEARCHED_AGAIN (a previous core existed
+    and could not be reused: `why`). `rows`: the core's rows; `human`: the human labels among them."""
+
+    SEARCHED = "searched"
+    REUSED = "reused"
+    SEARCHED_AGAIN = "searched again"
+
+    how: str
+    rows: int
+    human: int = 0
+    why: str = ""
+
+    def text(self) -> str:
+        if self.how == self.REUSED:
+            return (f"previous core of {self.rows} rows reused ({self.human} human labels, none contradicting "
+                    f"it): no search, one pass over the rest")
+        if self.how == self.SEARCHED_AGAIN:
+            return f"ICM on a core of {self.rows} rows, searched again: {self.why}"
+        return f"ICM on a core of {self.rows} rows"
+
+    def to_json(self) -> dict:
+        return {"how": self.how, "rows": self.rows, "human": self.human, "why": self.why}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> "CoreOrigin | None":
+        if not d:
+            return None
+        return cls(str(d["how"]), int(d["rows"]), int(d.get("human", 0)), str(d.get("why", "")))
+
+
 @dataclass
 class Prediction:
     """One labelled input row, as written by `icm-backend label` (one JSON object per line)."""
@@ -49,8 +82,8 @@ class Labelling(list):
     """What label_rows returns: the Predictions (a plain list, input order) plus `assessment`, the
     project-level facts (calibration, estimated accuracy, reliability, drift; engine.calibration), and for
     a project labelled on a core (engine.core) `core`, {row index: label word} of the core's coherent
-    labelling (what a later relabel may reuse), and `core_note`, how that core came about."""
+    labelling (what a later relabel may reuse), and `core_origin` (CoreOrigin), how that core came about."""
 
     assessment = None
     core: dict | None = None
-    core_note: str = ""
+    core_origin: CoreOrigin | None = None

@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from icm_backend.engine.types import CoreOrigin
 from icm_backend.server.model_host import ModelHost
 from icm_backend.jobs.predictions import PredictionStore
 from icm_backend.jobs.projects import ProjectStore
@@ -142,7 +143,7 @@ class ICMJob:
                                 core=state.get("prior_core"))
         if getattr(preds, "core", None):  # what the project's next labelling reuses
             self.projects.put_core(project, preds.core, version)
-            state["core_note"] = preds.core_note
+            state["core_origin"] = preds.core_origin.to_json() if preds.core_origin else None
             ctx.save_state(state)
         assessment = getattr(preds, "assessment", None)
         if assessment is not None:  # calibration and the "does the model know" check
@@ -162,11 +163,11 @@ class ICMJob:
             state["model_version_set"] = run["published"]
             ctx.save_state(state)
         human_note = f", {len(human)} human labels fixed in context" if human else ""
-        note = state.get("core_note", "")
-        if note.startswith("previous core"):
+        origin = CoreOrigin.from_json(state.get("core_origin"))
+        if origin and origin.how == CoreOrigin.REUSED:
             human_note += ", the project's previous core reused (no search)"
-        elif note.startswith("new core search: "):
-            human_note += f", core searched again ({note.removeprefix('new core search: ')})"
+        elif origin and origin.how == CoreOrigin.SEARCHED_AGAIN:
+            human_note += f", core searched again ({origin.why})"
         if trial is not None:
             human_note += self._record_trial(job, state)
         v, verdict = labelling_verdict(state.get("assessment", {})), ""

@@ -72,11 +72,11 @@ class LabelledTasks(dict):
     """ModelHost.label's result: {task id: TaskPrediction}, plus the engine's project-level `assessment`
     (engine.calibration.Assessment, or None from a labeler that gives none), and for a project labelled on a
     core its `core` ([task id, row of the task, label word] per core row: what a relabel may reuse) and
-    `core_note` (engine.core.reuse_core: the core reused, or why it was searched)."""
+    `core_origin` (engine.types.CoreOrigin: the core reused, or searched and why)."""
 
     assessment = None
     core: list | None = None
-    core_note: str = ""
+    core_origin = None
 
 
 def row_keys(rowset) -> list[tuple[int, int]]:
@@ -226,7 +226,7 @@ class ModelHost:
         labelled.assessment = getattr(raw, "assessment", None)  # calibration / reliability of this labelling
         if getattr(raw, "core", None):
             labelled.core = [[*keys[j], w] for j, w in sorted(raw.core.items())]
-            labelled.core_note = getattr(raw, "core_note", "")
+            labelled.core_origin = getattr(raw, "core_origin", None)
         hand({t: p for t, p in labelled.items() if t not in handed})
         return labelled
 
