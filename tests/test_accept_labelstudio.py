@@ -119,8 +119,13 @@ class TabsLS(FakeLS):
         for t in self.tasks.values():
             ok = True
             for f in items:
-                if f["filter"] == f"filter:tasks:data.{MARK_FIELD}":
+                if f["filter"] == f"filter:tasks:data.{MARK_FIELD}" and f["operator"] == "empty":
+                    ok &= (t["data"].get(MARK_FIELD) in (None, "")) == f["value"]
+                elif f["filter"] == f"filter:tasks:data.{MARK_FIELD}":
                     ok &= t["data"].get(MARK_FIELD) == f["value"]
+                elif f["filter"] == "filter:tasks:total_predictions":
+                    assert f["operator"] == "greater"
+                    ok &= sum(p["task"] == t["id"] for p in self.preds) > f["value"]
                 elif f["filter"] == "filter:tasks:total_annotations":
                     ok &= len(self.annotations.get(t["id"], [])) == f["value"]
             if ok:
@@ -158,6 +163,7 @@ def test_job_writes_marks_and_three_tabs_then_the_audit_updates_them(make, accep
     assert len(accepted) == est["estimated_size"] - len(audit) and not set(accepted) & set(audit)
     title, review = ls.tab(REVIEW)
     assert set(review) == set(ls.tasks) - set(accepted) - set(audit)
+    assert ls.data_writes == len(audit) + len(accepted)  # the review set is the unmarked: no PATCH for it
     flagged = sum(1 for t in review if any(r["from_name"] == "needs_review" for r in ls.prediction(t)["result"]))
     assert title == f"{TITLES[REVIEW]} {len(review)} ({flagged} flagged), least confident first"
     review_view = next(v for v in ls.views_.values() if v["data"]["title"].startswith(TITLES[REVIEW]))

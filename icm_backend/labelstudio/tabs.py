@@ -1,7 +1,11 @@
 """The three Data Manager tabs of a risk report (engine.risk): "review first", "audit" and "accept".
 
-How a tab finds its tasks: each task carries its mark in a task data field, `icm_accept` = "review" |
-"audit" | "accept", and each tab filters on it (`filter:tasks:data.icm_accept` equal <mark>). Why a data
+How a tab finds its tasks: a task in the audit or the accept set carries its mark in a task data field,
+`icm_accept` = "audit" | "accept", and those tabs filter on it (`filter:tasks:data.icm_accept` equal <mark>);
+the review tab holds the predicted tasks with no mark (`empty`). Why no "review" mark: the review set is
+most of a project, and LS 1.23.2 takes one PATCH per task (~6 a second here: marking all 10,000 tasks of a
+project took 28 minutes), so only the audit and the accept set are written, and only where a mark changes.
+Why a data
 field: LS 1.23.2's Data Manager filters match task columns and task data (a JSON lookup on any key) but
 not task meta, and the other candidates do not name an arbitrary set: the score filter cannot exclude a
 flagged task or split tied scores, and a marker inside the prediction's result would be copied into the
@@ -24,9 +28,12 @@ left alone and a new one made.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from icm_backend.engine.risk import RiskReport
+
+log = logging.getLogger(__name__)
 
 MARK_FIELD = "icm_accept"
 REVIEW, AUDIT, ACCEPT = "review", "audit", "accept"
@@ -44,18 +51,21 @@ class Tab:
 
     def view_data(self) -> dict:
         """The `data` of a /api/dm/views request for this tab (LS 1.23.2's shapes)."""
-        items = [{"filter": f"filter:tasks:data.{MARK_FIELD}", "operator": "equal", "type": "String",
-                  "value": self.mark}]
-        if self.mark == REVIEW:  # labelled tasks leave the queue
-            items.append({"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number",
-                          "value": 0})
+        if self.mark == REVIEW:  # predicted, not marked; labelled tasks leave the queue
+            items = [{"filter": f"filter:tasks:data.{MARK_FIELD}", "operator": "empty", "type": "String",
+                      "value": True},
+                     {"filter": "filter:tasks:total_predictions", "operator": "greater", "type": "Number", "value": 0},
+                     {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}]
+        else:
+            items = [{"filter": f"filter:tasks:data.{MARK_FIELD}", "operator": "equal", "type": "String",
+                      "value": self.mark}]
         return {"title": self.title, "filters": {"conjunction": "and", "items": items},
                 "ordering": [SCORE] if self.mark != ACCEPT else [f"-{SCORE}"]}
 
 
 @dataclass
 class TabPlan:
-    marks: dict[int, str]  # task id -> mark
+    marks: dict[int, str]  # task id -> mark (AUDIT or ACCEPT; a task of the report with none is in review)
     tabs: list[Tab]
     accept_keys: list[int]
 
@@ -82,10 +92,9 @@ def plan_tabs(report: RiskReport, keys: list[int], flagged: set[int], unlabelled
         accept = [k for k in est.keys if k not in audit]
     else:
         accept = []
-    marks = {k: REVIEW for k in keys}
-    marks.update({k: AUDIT for k in audit})
+    marks = {k: AUDIT for k in audit}
     marks.update({k: ACCEPT for k in accept})
-    review = [k for k in keys if marks[k] == REVIEW and k in unlabelled]
+    review = [k for k in keys if k not in marks and k in unlabelled]
     n_flag = sum(1 for k in review if k in flagged)
     tabs = [Tab(REVIEW, f"{TITLES[REVIEW]} {len(review)} ({n_flag} flagged), least confident first", len(review))]
     if report.audit is not None:
@@ -113,23 +122,25 @@ def plan_tabs(report: RiskReport, keys: list[int], flagged: set[int], unlabelled
 
 
 def sync_tabs(client, project: int, plan: TabPlan, tasks: list[dict]) -> dict[str, int]:
-    """Write the marks (only where they change) and create or update the three tabs; {mark: view id}.
-    `tasks`: the project's tasks as read (id, data), so a PATCH keeps every other data field."""
-    by_id = {int(t["id"]): t for t in tasks}
-    for tid, mark in plan.marks.items():
-        task = by_id.get(tid)
-        if task is None:
-            continue
-        data = dict(task.get("data") or {})
+    """Write the marks (only where they change: a task marked by an earlier report and in review now loses
+    its mark) and create or update the three tabs; {mark: view id}. `tasks`: the project's tasks as read
+    (id, data), so a PATCH keeps every other data field."""
+    changes = []
+    for task in tasks:
+        tid, data = int(task["id"]), dict(task.get("data") or {})
+        mark = plan.marks.get(tid)
         if data.get(MARK_FIELD) != mark:
-            data[MARK_FIELD] = mark
-            client.update_task_data(tid, data)
-    # tasks marked by an earlier report that this one does not cover (e.g. now human-labelled): unmarked
-    for tid, task in by_id.items():
-        data = dict(task.get("data") or {})
-        if tid not in plan.marks and data.get(MARK_FIELD):
-            data.pop(MARK_FIELD)
-            client.update_task_data(tid, data)
+            if mark is None:
+                data.pop(MARK_FIELD)
+            else:
+                data[MARK_FIELD] = mark
+            changes.append((tid, data))
+    if changes:
+        log.info("Data Manager tabs: writing %d task mark(s) (one PATCH each)", len(changes))
+    for n, (tid, data) in enumerate(changes, start=1):
+        client.update_task_data(tid, data)
+        if n % 500 == 0:
+            log.info("Data Manager tabs: %d/%d task marks written", n, len(changes))
     existing = {}
     for view in client.views(project):
         title = str((view.get("data") or {}).get("title") or "")
