@@ -40,10 +40,10 @@ def good_tasks(n=12):
 
 @pytest.fixture
 def app_for(in_process_app, tiny, monkeypatch):
-    def make(tasks):
+    def make(tasks, **config):
         monkeypatch.setattr(job_mod, "fetch_tasks", lambda url, key, project: tasks)
         return in_process_app(lambda *a, **k: [], model_name=str(tiny), label_studio_url="http://ls.invalid",
-                              label_studio_api_key="x")
+                              label_studio_api_key="x", **config)
     return make
 
 
@@ -84,6 +84,18 @@ def test_start_training_makes_a_new_version_served_only_if_the_gate_passes(app_f
         assert after == before and "NOT serving it" in job.message and "kept, not served" in job.message
     ids = json.loads((v.path / "training_set.json").read_text())
     assert len(ids["human"]) == 20 and v.metrics["project"] == 1
+    assert v.metrics["config"]["context"] == "in-context"  # ICM serves: rows are trained after contexts
+
+
+def test_a_zero_shot_backend_trains_single_examples(app_for, start_training, monkeypatch):
+    monkeypatch.setenv("ICM_TRAIN_MAX_STEPS", "1")
+    app = app_for(good_tasks(12), method="zero-shot")
+    backend = get_backend(app)
+    app.test_client().post("/webhook", json=start_training)
+    job = wait_job(backend, lambda j: j.status in ("done", "failed"))
+    assert job.status == "done", job.error
+    v = list_versions(backend.config.model_dir)[0]
+    assert v.metrics["config"]["context"] == "none" and v.metrics["gate"]["method"] == "zero-shot"
 
 
 def test_too_few_labels_to_test_a_version_keep_the_serving_one(app_for, start_training, monkeypatch):

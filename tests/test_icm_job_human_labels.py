@@ -46,6 +46,17 @@ def test_annotations_are_fixed_rows_and_get_no_prediction(make):
     assert sorted({p["task"] for p in ls.preds}) == list(range(4, 41))  # annotated tasks are not relabelled
 
 
+def test_a_zero_shot_job_does_not_relabel_annotated_tasks_either(make):
+    """Zero-shot reads no context, yet its job must skip human-labelled tasks too: a version on trial is
+    judged on the tasks where it and the serving version disagree, never on the rows it was trained on."""
+    ls = LabelledLS(range(1, 21), {1: [ann(11, "Positive")], 2: [ann(12, "Negative")]})
+    app, backend = make(ls, method="zero-shot", chunk_size=10)
+    job = run_job(backend, method="zero-shot")  # as the service submits it (ServerConfig.method)
+    assert job.status == "done", job.error
+    assert "2 human labels kept (their tasks not relabelled)" in job.message
+    assert sorted({p["task"] for p in ls.preds}) == list(range(3, 21))
+
+
 def test_an_unreliable_labelling_is_said_in_the_job_status(make):
     ls = FakeLS(range(1, 21))
     app, backend = make(ls, labeler=unsure_label_rows, chunk_size=10)

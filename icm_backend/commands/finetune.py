@@ -41,7 +41,7 @@ def run_finetune(args) -> int:
     from tqdm import tqdm
 
     from icm_backend.finetune.data import training_set_from_file
-    from icm_backend.finetune.lora import TrainConfig
+    from icm_backend.finetune.lora import TrainConfig, context_for
     from icm_backend.finetune.pipeline import base_model_of, gate_request, train_gate_promote
     from icm_backend.finetune.prompts import label_words
 
@@ -52,7 +52,7 @@ def run_finetune(args) -> int:
         raise InputError("--holdout: must be in [0, 1)")
     ts = training_set_from_file(args.labels_file, args.task, labels)
     cfg = TrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, learning_rate=args.lr,
-                      holdout_fraction=args.holdout, seed=args.seed)
+                      holdout_fraction=args.holdout, seed=args.seed, context=context_for(args.method))
     bar = tqdm(total=cfg.max_steps, desc="fine-tuning", unit="step", file=sys.stderr)
 
     def progress(step: int, total: int, info: dict) -> None:

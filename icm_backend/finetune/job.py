@@ -25,7 +25,7 @@ from icm_backend.envvars import env_flag, env_float, env_int
 from icm_backend.errors import InputError
 from icm_backend.finetune.data import TrainingSet, training_set_from_ls_tasks
 from icm_backend.labelstudio.client import LabelStudioUnavailable, client_for
-from icm_backend.finetune.lora import TrainConfig
+from icm_backend.finetune.lora import TrainConfig, context_for
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ class TrainJob:
             "rows": [asdict(r) for r in ts.rows], "skipped": ts.skipped, "conflicts": ts.conflicts,
             "config": asdict(TrainConfig(max_steps=settings.max_steps, batch_size=settings.batch_size,
                                          learning_rate=settings.learning_rate,
-                                         holdout_fraction=settings.holdout_fraction)),
+                                         holdout_fraction=settings.holdout_fraction,
+                                         context=context_for(self.backend.config.method))),
             "extra_metrics": {"project": project, "job": job.id, "trigger": job.params.get("trigger"),
                               "include_icm": settings.include_icm, "min_confidence": settings.min_confidence},
             "gate": self._gate_request(),

@@ -86,8 +86,10 @@ class ICMJob:
         by_id = {t["id"]: t for t in tasks}
         state = dict(job.state)
         # Human labels (annotations, accepted predictions included) clamp the search: fixed members of D
-        # (in the core), never relabelled; their tasks need no prediction. Read once, kept for a resume.
-        if "human" not in state and method != "zero-shot":
+        # (in the core), never relabelled; their tasks need no prediction, whatever the method (zero-shot
+        # reads no context, but a version on trial must not be judged on the rows it was trained on).
+        # Read once, kept for a resume.
+        if "human" not in state:
             state["human"] = self._human_labels(project, spec, set(by_id))
             ctx.save_state(state)
         # The core of the project's last ICM labelling: reused (no search) unless a human label contradicts it
@@ -162,7 +164,8 @@ class ICMJob:
                                                  f"; project model_version NOT set to {version} (see the log)")
             state["model_version_set"] = run["published"]
             ctx.save_state(state)
-        human_note = f", {len(human)} human labels fixed in context" if human else ""
+        human_note = "" if not human else f", {len(human)} human labels " + (
+            "fixed in context" if method != "zero-shot" else "kept (their tasks not relabelled)")
         origin = CoreOrigin.from_json(state.get("core_origin"))
         if origin and origin.how == CoreOrigin.REUSED:
             human_note += ", the project's previous core reused (no search)"
