@@ -1,25 +1,24 @@
 """The review loop end to end with a REAL Label Studio 1.23.2 and the backend as a real server (smollm2-135m).
 
 ICM labels the project; a careless annotator labels the 16 tasks first in the review order with the wrong
-label; "Start training" trains version 1 on them (the gate's verdict on it is checked against its rule; if
-kept, the user serves it anyway with the one-call pin, as docs/finetune.md allows) and the project is
-re-labelled under it. The reviewer then corrects the 16 annotations; "Start training" trains version 2,
-which is promoted only if the promotion gate says it beats the serving version 1 on the held-out corrected
-labels (the job and /versions say why); once promoted, the project's predictions are re-written under it,
-with the 16 annotations fixed in the search, and accuracy on the other 24 tasks (gold kept outside LS) is
-not lower than under the version it replaced.
+label; "Start training" trains version 1 on them, and the promotion gate must promote it (the gate judges a
+version by the accepted labels, right or wrong: version 1 fitted them, the base model did not), so the job
+serves it and the project is re-labelled under it — the promote-and-relabel branch, asserted on every run.
+The reviewer then corrects the 16 annotations; "Start training" trains version 2, which is promoted only if
+the gate says it beats the serving version 1 on the held-out corrected labels (the job and /versions say
+why; both outcomes are checked against the rule); once promoted, the project's predictions are re-written
+under it, with the 16 annotations fixed in the search, and accuracy on the other 24 tasks (gold kept outside
+LS) is not lower than under the version it replaced. Measured here: version 2 kept (1 : 0, p = 0.5) — with
+the corrected labels fixed in context, version 1's ICM gets the held-out rows right too.
 
 Why the careless annotator: with correct labels from the start smollm2's ICM already gets the least
 confident tasks right (measured: 7 of 8 held-out rows, zero-shot 8 of 8), so no new version can pass the
-sign test and the promote-and-rewrite branch would never run; a version trained on wrong labels is a
-serving version that a better one must and can beat."""
+sign test and the promote-and-rewrite branch would never run."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -171,9 +170,11 @@ def _run(label_studio, backend: BackendProcess, data_dir: Path, tmp_path: Path) 
     assert verdict["job"] == first["job"]["id"] and verdict["model_version"] == base
     assert isinstance(verdict["reliable"], bool)
     assert gate1["serving_version"] == base
-    if not gate1["promoted"]:  # kept: the user serves it anyway, one call
-        subprocess.run([sys.executable, "-m", "icm_backend.cli", "versions", str(backend.model_dir), "--pin", v1],
-                       check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    # The promote branch, asserted: the gate judges by the accepted labels, and version 1 fitted them (the
+    # careless ones) where the base model did not (measured: 4 : 0 on the 8 held-out rows, p = 0.06, in
+    # every run here). The job serves it and the project is re-written under it below.
+    assert gate1["promoted"], gate1["reason"]
+    assert "now serving it" in job1["message"]
     assert requests.post(backend.url + "/setup", json={}, timeout=5).json()["model_version"] == v1
     second = _label_all(ls, backend, project, v1, 1)  # re-labelled under version 1, the wrong labels fixed
     assert set(second["preds"]) == set(others)
