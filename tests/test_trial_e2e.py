@@ -46,8 +46,7 @@ def test_trial_e2e(label_studio, data_dir, tmp_path):
         "ICM_MODEL": os.environ.get("ICM_MODEL", "smollm2-135m"), "LABEL_STUDIO_URL": label_studio.url,
         "LABEL_STUDIO_API_KEY": label_studio.token, "ICM_METHOD": "zero-shot",
         "ICM_SYNC_MAX_TASKS": "4", "ICM_TRAIN_MAX_STEPS": "24",
-        # one training thread: beside LS, Chromium and the backend's own threads, two OpenMP threads on 2 cores
-        # took ~10 s a step here (finetune.lora.training_threads); one takes ~1.3 s
+        # one training thread: a zero-shot backend trains single rows (finetune.lora.context_for), ~2 s a step
         "ICM_TRAIN_THREADS": "1",
         "ICM_TRAIN_BATCH_SIZE": "4", "ICM_TRAIN_LR": "1e-3", "ICM_TRAIN_HOLDOUT_FRACTION": "0.1",
         "LOG_LEVEL": "INFO"})

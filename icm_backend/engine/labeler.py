@@ -30,6 +30,13 @@ DEFAULT_REVIEW_THRESHOLD = None  # no threshold: flag by the review budget (DEFA
 DEFAULT_REVIEW_FRACTION = 0.2
 
 
+def reads_context(method: str) -> bool:
+    """Whether `method` scores a row after other labelled rows (every method but zero-shot, which reads each
+    row alone). What follows from it: zero-shot is the independent view the others are calibrated against,
+    and a fine-tune for a zero-shot backend trains single rows (finetune.lora.context_for)."""
+    return method != "zero-shot"
+
+
 def make_scorer(model, label_words: list[str], quantize: str = "auto", dtype: str = "auto"):
     """A scorer for `model`: a name/path, a LoadedLM, or an object that already is a scorer."""
     if hasattr(model, "score") and hasattr(model, "set_labels"):
@@ -109,7 +116,7 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
     search = holder.get("search")
     if method == "icm" and search is not None and review.resamples > 0:
         score_rows += search.resampled_rows(labels_out, review.resamples, seed)
-    if method != "zero-shot":
+    if reads_context(method):
         zero_shot = zero_shot_rows(problem, scorer)
     preds, assessment = assess(problem, score_rows, zero_shot, fixed_idx, review,
                                use_consistency=method in ("icm", "bootstrap"))
@@ -134,7 +141,7 @@ def run_method(problem: Problem, scorer, method: str, seed: int, config: SearchC
     """(label index per example, final normalised log-prob rows). `fixed`: row -> label word, as label_rows.
     `holder`, if given, receives the ICMSearch under "search" (for context resamples)."""
     n = len(problem.examples)
-    if method == "zero-shot":
+    if not reads_context(method):
         rows = zero_shot_rows(problem, scorer)
         return _clamp(rows.argmax(1), fixed_indices(problem, fixed)), rows
     search = ICMSearch(problem, scorer, config, seed, checkpoint, method, max_window=window, fixed=fixed)

@@ -54,7 +54,9 @@ def context_for(method: str) -> str:
     """TrainConfig.context for the method that serves: it trains on what that method scores. Zero-shot
     scores each target alone, so in-context rows would only cost time (each is ~10x the tokens: a
     smollm2-135m step on 4 of them took ~20 s on one core of the AMD EPYC here, ~1.5 s alone)."""
-    return "none" if method == "zero-shot" else "in-context"
+    from icm_backend.engine.labeler import reads_context
+
+    return "in-context" if reads_context(method) else "none"
 
 
 @dataclass

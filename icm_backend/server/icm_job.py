@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from icm_backend.engine.labeler import reads_context
 from icm_backend.engine.types import CoreOrigin
 from icm_backend.server.model_host import ModelHost
 from icm_backend.jobs.predictions import PredictionStore
@@ -165,7 +166,7 @@ class ICMJob:
             state["model_version_set"] = run["published"]
             ctx.save_state(state)
         human_note = "" if not human else f", {len(human)} human labels " + (
-            "fixed in context" if method != "zero-shot" else "kept (their tasks not relabelled)")
+            "fixed in context" if reads_context(method) else "kept (their tasks not relabelled)")
         origin = CoreOrigin.from_json(state.get("core_origin"))
         if origin and origin.how == CoreOrigin.REUSED:
             human_note += ", the project's previous core reused (no search)"
