@@ -178,8 +178,12 @@ def _look(label_studio, project: int, views: dict, shot: Path) -> None:
                                  for p in ("ICM review", "ICM audit", "ICM accept")))
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="table-row"]'))
         driver.save_screenshot(str(shot))
+        # the review tab: the predicted tasks with no mark (tabs.Tab.view_data's `empty` filter), not labelled
+        driver.get(f"{label_studio.url}/projects/{project}/data?tab={views['review']['id']}")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="table-row"]'))
+        driver.save_screenshot(str(shot.with_name("review-tab.png")))
     finally:
         driver.quit()
-    keep = os.environ.get("ICM_KEEP_ACCEPT_SCREENSHOT")
-    if keep:
-        shutil.copy(shot, keep)
+    for env, path in (("ICM_KEEP_ACCEPT_SCREENSHOT", shot), ("ICM_KEEP_REVIEW_SCREENSHOT", shot.with_name("review-tab.png"))):
+        if os.environ.get(env):
+            shutil.copy(path, os.environ[env])
