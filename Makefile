@@ -13,7 +13,7 @@ LS_VENV ?= .venv-ls
 VLLM_VENV ?= .venv-vllm
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install demo test test-fast ls-venv vllm-venv chromium docker-smoke
+.PHONY: install demo test test-fast ls-venv vllm-venv venvs chromium docker-smoke
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -52,7 +52,11 @@ chromium: install
 	@$(BIN)/python -c "import selenium" 2>/dev/null || $(BIN)/python -m pip install -q "selenium>=4.20" || \
 	  echo "selenium could not be installed: the Label Studio browser test will skip"
 
-test: install ls-venv vllm-venv chromium
+# The three environments are independent: made side by side (mostly download and unpack time).
+venvs:
+	$(MAKE) --no-print-directory -j3 install ls-venv vllm-venv
+
+test: venvs chromium
 	ICM_LABEL_STUDIO_BIN=$(CURDIR)/$(LS_VENV)/bin/label-studio ICM_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python \
 	  $(BIN)/python -m pytest -q -rs --durations=15
 

