@@ -605,11 +605,8 @@ def main() -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import torch
-
-    from icm_backend.finetune.lora import training_threads
-
-    torch.set_num_threads(training_threads())
+    # Torch's default threads (every core): run it alone (the CPU lock). Training picks its own and gives them
+    # back (finetune.lora.train_lora).
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / (out.stem + ".work")

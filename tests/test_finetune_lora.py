@@ -130,3 +130,27 @@ def test_cli_finetune_then_versions(tiny, tmp_path):
     r = subprocess.run(cmd[:4] + [str(bad)] + cmd[5:], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: LABELS")
     assert "Traceback" not in r.stderr
+
+
+def test_training_gives_the_process_its_threads_back(tiny, monkeypatch):
+    """Torch's thread count is process-wide: training sets its own (ICM_TRAIN_THREADS here) and restores the
+    caller's after, also when it fails; before, a bench or CLI that trained then labelled in one process
+    labelled on the training's threads (one, when the load was high as training began)."""
+    import torch
+
+    from icm_backend.engine.model import load_lm
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    monkeypatch.setenv("ICM_TRAIN_THREADS", str(other))
+    seen = []
+    examples = [Example(prompt=f"Review: {r['text']}\nSentiment:", label=r["label"]) for r in sentiment_rows(8)]
+    lora.train_lora(load_lm(str(tiny), "none"), examples, LABELS, TrainConfig(max_steps=1, min_holdout=100),
+                    progress=lambda s, n, info: seen.append(torch.get_num_threads()))
+    assert seen and set(seen) == {other}  # training ran on its own threads
+    assert torch.get_num_threads() == before  # and gave them back
+    from icm_backend.errors import InputError
+
+    with pytest.raises(InputError, match="no training rows"):
+        lora.train_lora(load_lm(str(tiny), "none"), [], LABELS, TrainConfig(max_steps=1))
+    assert torch.get_num_threads() == before

@@ -249,18 +249,30 @@ def train_lora(lm, examples: list[Example], label_words: list[str], cfg: TrainCo
     """Train a LoRA adapter in place on `lm.model` (load a fresh copy: the model is modified).
     `holdout` given: the held-out examples (no split of `examples` is made)."""
     import torch
+
+    plan = plan or choose_plan(lm.device)
+    # Torch's thread count is the process's: set for training, then given back, or every labelling after a
+    # training in the same process (bench_loop, the CLI) ran on the threads the load allowed at that moment.
+    before = torch.get_num_threads()
+    if plan.device == "cpu":
+        torch.set_num_threads(training_threads())
+    try:
+        return _train_lora(lm, examples, label_words, cfg or TrainConfig(), plan, progress, holdout)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_lora(lm, examples: list[Example], label_words: list[str], cfg: TrainConfig, plan: TrainPlan,
+                progress: ProgressFn | None, holdout: list[Example] | None) -> TrainResult:
+    import torch
     from peft import LoraConfig, get_peft_model
 
-    cfg = cfg or TrainConfig()
-    plan = plan or choose_plan(lm.device)
     if not examples:
         raise InputError("no training rows: nothing to fine-tune on")
     missing = sorted({e.label for e in examples} - set(label_words))
     if missing:
         raise InputError(f"labels {missing} of the training rows are not in the label set {label_words}")
     torch.manual_seed(cfg.seed)
-    if plan.device == "cpu":
-        torch.set_num_threads(training_threads())
     model = prepare_for_training(lm.model, plan)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.target_modules, task_type="CAUSAL_LM")
