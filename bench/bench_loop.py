@@ -457,6 +457,10 @@ def print_table(res: dict) -> None:
     if q:
         print_queue_table(res, q, r, f, kept)
     print_arm_tables(res, f, kept)
+    for arm in ("queue", "random", "disagree"):  # how each round's labelling got its core (engine.core)
+        origins = (res.get(arm) or {}).get("core_origin_by_round") or []
+        if any(origins):
+            print(f"\n{arm}: each round's core\n" + "\n".join(f"  round {k}: {o or '-'}" for k, o in enumerate(origins)))
 
 
 def print_queue_table(res: dict, q: dict, r: dict | None, f, kept) -> None:
