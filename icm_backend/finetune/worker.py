@@ -37,6 +37,12 @@ def main(argv: list[str]) -> int:
     parent = die_with_parent()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from icm_backend.finetune.lora import training_threads
+
+    # The whole child (training and the gate's labellings) shares the box with the server that started it.
+    torch.set_num_threads(training_threads())
     req = json.loads(open(argv[0]).read())
     ts = TrainingSet(rows=[TrainingRow(**r) for r in req["rows"]], skipped=req.get("skipped", []),
                      conflicts=req.get("conflicts", 0))
