@@ -12,7 +12,7 @@ import pytest
 from finetune_tiny import make_tiny_model, sentiment_rows
 from icm_backend.finetune import lora
 from icm_backend.finetune.data import TrainingRow, TrainingSet
-from icm_backend.finetune.lora import Example, TrainConfig, TrainPlan, choose_plan, split_holdout
+from icm_backend.finetune.lora import Example, TrainConfig, choose_plan, split_holdout
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "positive"]
