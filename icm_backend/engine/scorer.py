@@ -46,7 +46,16 @@ class ScorerStats:
 
 
 class TransformersScorer:
-    """Local transformers model. Caches the KV state of the most recent prefixes and reuses it."""
+    """Local transformers model. Caches the KV state of the most recent prefixes and reuses it.
+
+    A batch of targets is packed into one sequence after the prefix, each target attending to the prefix
+    and to itself only (a block-diagonal mask, each target's positions starting where the prefix ends):
+    the prefix's KV state is used once instead of copied per row, and there is no padding. Measured on
+    an AVX2-only AMD EPYC, fp32, Gemma 3 270M, 16 SST-2 rows after a 380-token prefix: 72 ms a row
+    packed, 85-90 ms padded, the same log-probs to 1e-5. A model that does not honour a custom mask
+    would score wrong, so the first packed batch is checked against padded batches once, and a mismatch
+    falls back to padded batches for good (and says so in the log).
+    """
 
     def __init__(self, lm, label_words: list[str], batch_size: int = 16, prefix_cache_size: int = 4):
         self.lm = lm
@@ -57,6 +66,8 @@ class TransformersScorer:
         self.stats = ScorerStats()
         self._prefix_cache: dict[str, object] = {}  # prefix text -> its KV cache
         self._prefix_cache_size = prefix_cache_size
+        self.packed = True  # until the first packed batch disagrees with padded ones (_check_packing)
+        self._packing_checked = False
         self.set_labels(label_words)
 
     # -- label words -------------------------------------------------------------------------
@@ -102,10 +113,66 @@ class TransformersScorer:
         cache = self._prefix_state(prefix_ids, prefix) if prefix else None
         out = np.zeros((len(targets), len(self.label_words)))
         order = sorted(range(len(targets)), key=lambda i: len(target_ids[i]))  # less padding
+        # A sliding-window cache keeps only its window of the prefix: the packed mask would not line up.
+        window = getattr(self.model.config, "sliding_window", None)
+        packed = self.packed and not (window and len(prefix_ids) >= window - 1)
+        if packed and not self._packing_checked:
+            self._check_packing(prefix_ids if prefix else [], cache, [target_ids[i] for i in order[:4]])
+        score = self._score_packed if packed and self.packed else self._score_batch
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
-            out[rows] = self._score_batch(prefix_ids if prefix else [], cache, [target_ids[i] for i in rows])
+            out[rows] = score(prefix_ids if prefix else [], cache, [target_ids[i] for i in rows])
         return out
+
+    def _check_packing(self, prefix_ids: list[int], cache, batch: list[list[int]]) -> None:
+        self._packing_checked = True
+        tol = 1e-3 if self.lm.dtype == "fp32" and self.lm.quantization == "none" else 5e-2
+        try:
+            diff = float(np.abs(self._score_packed(prefix_ids, cache, batch)
+                                - self._score_batch(prefix_ids, cache, batch)).max())
+        except Exception as exc:  # a model whose forward refuses the mask: padded batches it is
+            diff, why = float("inf"), f"{type(exc).__name__}: {exc}"
+        else:
+            why = f"max |log-prob difference| {diff:.1e}"
+        if diff <= tol:
+            log.info("packed scoring checked against padded batches on %d rows: %s", len(batch), why)
+            return
+        self.packed = False
+        log.warning("packed scoring disagrees with padded batches for %s (%s, tolerance %.0e): scoring in "
+                    "padded batches", self.model_id, why, tol)
+
+    def _score_packed(self, prefix_ids: list[int], cache, batch: list[list[int]]) -> np.ndarray:
+        import torch
+
+        # One sequence: [target 1][target 2]..., after the cached prefix (or each after its own BOS).
+        dev = self.lm.device
+        n, p = len(batch), len(prefix_ids)
+        bos = [] if prefix_ids else with_bos(self.tok, [])
+        seqs = [bos + b for b in batch]
+        lengths = torch.tensor([len(s) for s in seqs])
+        ids = torch.tensor([[t for s in seqs for t in s]], device=dev)
+        row = torch.repeat_interleave(torch.arange(n), lengths)
+        starts = torch.cumsum(lengths, 0) - lengths
+        pos = p + torch.arange(len(row)) - starts[row]
+        own = (row[:, None] == row[None, :]) & (pos[None, :] <= pos[:, None])
+        full = torch.cat([torch.ones(len(row), p, dtype=torch.bool), own], 1)
+        masks = full[None, None].to(dev)
+        window = getattr(self.model.config, "sliding_window", None)
+        if getattr(self.model.config, "layer_types", None):  # e.g. Gemma 3: a mask per layer type
+            kv_pos = torch.cat([torch.arange(p), pos])
+            sliding = full & (kv_pos[None, :] > pos[:, None] - window) if window else full
+            masks = {"full_attention": masks, "sliding_attention": sliding[None, None].to(dev)}
+        kwargs = {}
+        if cache is not None:
+            kwargs["past_key_values"] = copy.deepcopy(cache)
+        with torch.no_grad():
+            hidden = self._backbone()(input_ids=ids, attention_mask=masks, position_ids=pos[None].to(dev),
+                                      use_cache=cache is not None, **kwargs).last_hidden_state[0]
+            last = hidden[(starts + lengths - 1).to(dev)]
+            picked = label_logits(last, self._lm_head(), self.label_ids, logit_softcap(self.model.config))
+        self.stats.forward_calls += 1
+        self.stats.tokens_processed += int(lengths.sum())
+        return torch.log_softmax(picked, dim=-1).cpu().numpy()
 
     def _score_batch(self, prefix_ids: list[int], cache, batch: list[list[int]]) -> np.ndarray:
         import torch
