@@ -147,6 +147,9 @@ def scale(args) -> None:
                 last_print = time.monotonic()
             if j["status"] in ("failed", "cancelled"):
                 raise RuntimeError(f"job {j['status']}: {j['error']}")
+            if "all_predictions_s" not in out and j["state"].get("written", 0) >= len(data):
+                out["all_predictions_s"] = time.monotonic() - t_start  # then the accept report's marks
+                print(f"  all {len(data)} predictions written after {_dur(out['all_predictions_s'])}", flush=True)
             return j["status"] == "done" and j
         job = wait_for(finished, 6 * 3600, "the job", every=1.0)
         out["job_s"] = time.monotonic() - t_start
@@ -224,8 +227,11 @@ def table(args) -> None:
                  ("  Retrieve after the job", f"{r['retrieve_after_job_s']:.2f} s",
                   f"predictions after it: {r['predictions_after_second_retrieve']}"),
                  ("  first predictions visible in LS", _dur(r["first_shard_s"]), f"chunk = {chunk} tasks"),
+                 ("  last prediction written (Retrieve -> all labelled)",
+                  _dur(r["all_predictions_s"]) if "all_predictions_s" in r else "-",
+                  f"{n / r['all_predictions_s']:.2f} tasks/s" if "all_predictions_s" in r else "not recorded"),
                  ("  job done (Retrieve -> done)", _dur(r["job_s"]),
-                  f"{n / r['job_s']:.2f} tasks/s; after the predictions, the accept report's marks (one PATCH a task)")]
+                  "after the last prediction, the accept report's Data Manager marks")]
         # (the first 10,000-task run named the same count "killed_after_chunks": it was the tasks written)
         killed = r.get("killed_after_tasks", r.get("killed_after_chunks"))
         if killed:
