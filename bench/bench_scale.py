@@ -11,6 +11,8 @@
     python bench/bench_scale.py relabel --data data/sst2/dev.tsv --seeds 0 --json relabel.jsonl
     # the number format: zero-shot on 50 rows with --dtype auto, fp32, bf16
     python bench/bench_scale.py dtype --data data/sst2/dev.tsv
+    # packed vs padded batches (TransformersScorer.score): ms a row after a one-pass-sized prefix, and alone
+    python bench/bench_scale.py packing --data data/sst2/dev.tsv
 
 Every labelling is `label_rows` as `icm-backend label` and the server's job run it. A row of the table is
 appended to --json as each finishes (a rerun skips finished rows). The CPU and its bf16 support are printed
@@ -262,6 +264,37 @@ def dtype(args) -> None:
         print(f"{choice:8} {lm.dtype:7} {wall:11.2f} {acc:8.3f}", flush=True)
 
 
+def packing(args) -> None:
+    """The scorer's packed batches (every target in one sequence after the prefix) against padded ones: the
+    same `score` calls, `scorer.packed` switched, alternating, the median of `--repeats` per way."""
+    from icm_backend.engine.context import SEP
+    from icm_backend.engine.tasks import build_problem
+
+    texts, _ = read_tsv(args.data)
+    prompts = [ex.prompt for ex in build_problem([{"text": t} for t in texts], "classify", LABELS).examples]
+    scorer = TransformersScorer(load_lm(args.model, dtype=args.dtype), LABELS)
+    budget, prefix, k = SearchConfig.context_tokens, "", 0
+    while scorer.count_tokens(prefix + f"{prompts[k]} {LABELS[k % 2]}{SEP}") <= budget:  # labels alternate:
+        prefix += f"{prompts[k]} {LABELS[k % 2]}{SEP}"  # the timing does not depend on them, gold is not read
+        k += 1
+    targets = prompts[k:k + args.n]
+    print(machine())
+    print(f"\n{'prefix':18} {'rows':>5} {'padded ms/row':>13} {'packed ms/row':>13} {'speed-up':>8} {'max |d log-p|':>13}")
+    for name, pre in ((f"{scorer.count_tokens(prefix)} tokens", prefix), ("none (zero-shot)", "")):
+        scorer.score(pre, targets[:16])  # warm-up, and packing's one check against padded batches
+        times: dict[bool, list[float]] = {True: [], False: []}
+        got: dict[bool, np.ndarray] = {}
+        for _ in range(args.repeats):
+            for packed in (False, True):
+                scorer.packed = packed
+                t0 = time.perf_counter()
+                got[packed] = scorer.score(pre, targets)
+                times[packed].append(time.perf_counter() - t0)
+        pad, pack = (float(np.median(times[p])) * 1000 / len(targets) for p in (False, True))
+        print(f"{name:18} {len(targets):5d} {pad:13.1f} {pack:13.1f} {pad / pack:8.2f} "
+              f"{float(np.abs(got[True] - got[False]).max()):13.1e}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -284,7 +317,11 @@ def main() -> None:
     d = sub.add_parser("dtype")
     d.add_argument("--data", required=True)
     d.add_argument("--n", type=int, default=50)
-    for p in (q, c, r, d):
+    k = sub.add_parser("packing")
+    k.add_argument("--data", required=True)
+    k.add_argument("--n", type=int, default=256, help="rows scored per way and repeat")
+    k.add_argument("--repeats", type=int, default=3)
+    for p in (q, c, r, d, k):
         p.add_argument("--model", default=None)
         p.add_argument("--dtype", default="auto")
         p.add_argument("--json", help="append results here (JSON lines); a rerun skips finished rows")
@@ -292,7 +329,7 @@ def main() -> None:
     for p in (q, c, r):
         add_server_args(p)
     args = ap.parse_args()
-    {"quality": quality, "cost": cost, "relabel": relabel, "dtype": dtype}[args.cmd](args)
+    {"quality": quality, "cost": cost, "relabel": relabel, "dtype": dtype, "packing": packing}[args.cmd](args)
 
 
 if __name__ == "__main__":
