@@ -33,7 +33,7 @@ def test_packed_equals_padded_batches(model, data_dir, caplog):
         for prefix in ("", labelled):
             a, b = packed.score(prefix, rows), padded.score(prefix, rows)
             assert np.abs(a - b).max() < 1e-4
-    assert packed.packed and len(calls) == 1 + 2 * 4  # the check, then 4 packs of 8 rows per prefix
+    assert packed.packed and len(calls) == 1 + 4  # the check, then 4 packs of 8 rows after the prefix (none without)
     assert "packed scoring checked against padded batches" in caplog.text
 
 
@@ -43,10 +43,11 @@ def test_a_model_that_ignores_the_mask_falls_back_to_padded_batches(data_dir, ca
     scorer = TransformersScorer(lm, ["negative", "positive"])
     padded = scorer._score_batch
     scorer._score_packed = lambda prefix_ids, cache, batch: padded(prefix_ids, cache, batch) + 0.5
+    labelled = "".join(f"{t} negative\n\n" for t in _rows(data_dir, 14)[10:])
     with caplog.at_level(logging.WARNING, logger="icm_backend.engine.scorer"):
-        got = scorer.score("", rows)
+        got = scorer.score(labelled, rows)
     assert scorer.packed is False
     assert "packed scoring disagrees with padded batches" in caplog.text
     reference = TransformersScorer(lm, ["negative", "positive"])
     reference.packed = False
-    assert np.allclose(got, reference.score("", rows))
+    assert np.allclose(got, reference.score(labelled, rows))

@@ -48,13 +48,15 @@ class ScorerStats:
 class TransformersScorer:
     """Local transformers model. Caches the KV state of the most recent prefixes and reuses it.
 
-    A batch of targets is packed into one sequence after the prefix, each target attending to the prefix
+    After a prefix, a batch of targets is packed into one sequence, each target attending to the prefix
     and to itself only (a block-diagonal mask, each target's positions starting where the prefix ends):
     the prefix's KV state is used once instead of copied per row, and there is no padding. Measured on
-    an AVX2-only AMD EPYC, fp32, Gemma 3 270M, 16 SST-2 rows after a 380-token prefix: 72 ms a row
-    packed, 85-90 ms padded, the same log-probs to 1e-5. A model that does not honour a custom mask
-    would score wrong, so the first packed batch is checked against padded batches once, and a mismatch
-    falls back to padded batches for good (and says so in the log).
+    an AVX2-only AMD EPYC, fp32, Gemma 3 270M (`bench/bench_scale.py packing`): after a 362-token prefix
+    61 ms a row packed, 70.5 padded (1.16x), the same log-probs to 1e-5; with no prefix (zero-shot)
+    packing was slower (0.92x: the masked-out attention costs more than the padding it saves), so targets
+    without a prefix are scored in padded batches. A model that does not honour a custom mask would score
+    wrong, so the first packed batch is checked against padded batches once, and a mismatch falls back to
+    padded batches for good (and says so in the log).
     """
 
     def __init__(self, lm, label_words: list[str], batch_size: int = 16, prefix_cache_size: int = 4):
@@ -115,9 +117,9 @@ class TransformersScorer:
         order = sorted(range(len(targets)), key=lambda i: len(target_ids[i]))  # less padding
         # A sliding-window cache keeps only its window of the prefix: the packed mask would not line up.
         window = getattr(self.model.config, "sliding_window", None)
-        packed = self.packed and not (window and len(prefix_ids) >= window - 1)
+        packed = self.packed and cache is not None and not (window and len(prefix_ids) >= window - 1)
         if packed and not self._packing_checked:
-            self._check_packing(prefix_ids if prefix else [], cache, [target_ids[i] for i in order[:4]])
+            self._check_packing(prefix_ids, cache, [target_ids[i] for i in order[:4]])
         score = self._score_packed if packed and self.packed else self._score_batch
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
@@ -144,13 +146,11 @@ class TransformersScorer:
     def _score_packed(self, prefix_ids: list[int], cache, batch: list[list[int]]) -> np.ndarray:
         import torch
 
-        # One sequence: [target 1][target 2]..., after the cached prefix (or each after its own BOS).
+        # One sequence, [target 1][target 2]..., after the cached prefix.
         dev = self.lm.device
         n, p = len(batch), len(prefix_ids)
-        bos = [] if prefix_ids else with_bos(self.tok, [])
-        seqs = [bos + b for b in batch]
-        lengths = torch.tensor([len(s) for s in seqs])
-        ids = torch.tensor([[t for s in seqs for t in s]], device=dev)
+        lengths = torch.tensor([len(b) for b in batch])
+        ids = torch.tensor([[t for b in batch for t in b]], device=dev)
         row = torch.repeat_interleave(torch.arange(n), lengths)
         starts = torch.cumsum(lengths, 0) - lengths
         pos = p + torch.arange(len(row)) - starts[row]
@@ -162,12 +162,9 @@ class TransformersScorer:
             kv_pos = torch.cat([torch.arange(p), pos])
             sliding = full & (kv_pos[None, :] > pos[:, None] - window) if window else full
             masks = {"full_attention": masks, "sliding_attention": sliding[None, None].to(dev)}
-        kwargs = {}
-        if cache is not None:
-            kwargs["past_key_values"] = copy.deepcopy(cache)
-        with torch.no_grad():
+        with torch.no_grad():  # a copy of the cache: the model extends it in place
             hidden = self._backbone()(input_ids=ids, attention_mask=masks, position_ids=pos[None].to(dev),
-                                      use_cache=cache is not None, **kwargs).last_hidden_state[0]
+                                      use_cache=True, past_key_values=copy.deepcopy(cache)).last_hidden_state[0]
             last = hidden[(starts + lengths - 1).to(dev)]
             picked = label_logits(last, self._lm_head(), self.label_ids, logit_softcap(self.model.config))
         self.stats.forward_calls += 1
