@@ -126,8 +126,8 @@ class Loop:
         self.candidate_labels: list[str] = []
         self.disagreement_test: dict | None = None  # this round's reviewed disagreements, as a sign test
         self.trial_score: dict | None = None  # the scores LS would show with the kept version on trial
-        # The served labelling's core ({row: label}): the next labelling reuses it unless a human label
-        # contradicts it, as the server's job does with the project's core (engine.core.reuse_core).
+        # The served labelling's core ({row: label}): the next labelling reuses it, the human labels
+        # in place of its own, as the server's job does with the project's core (engine.core.reuse_core).
         self.core: dict[int, str] | None = None
         self.round0_core: dict[int, str] | None = None  # for a second strategy that starts from the same round 0
         self.prior_core: dict[int, str] | None = None

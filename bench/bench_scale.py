@@ -208,8 +208,9 @@ def relabel(args) -> None:
     A first labelling (ICM on the core + one pass); a reviewer gives the gold label of the `--reviewed`
     least confident rows; then the project is relabelled three ways, each with those labels fixed:
     "reuse" (the previous core, the human labels in place of its labels where they differ: no search),
-    "search" (a new search on a core drawn as the first), and what ships ("as shipped": reuse unless a human
-    label contradicts the core, engine.core.reuse_core; so it is one of the two, recorded with `same_as`).
+    "search" (a new search on a core drawn as the first), and what ships ("as shipped", engine.core.reuse_core:
+    reuse, the human labels in place; it searched again on a contradiction until 2026-12-07, so runs before
+    record "search" there; one of the two by construction, recorded with `same_as`).
     Accuracy on the rows nobody reviewed, wall time."""
     rows, gold, out, have, scorer = _setup(args)
     for seed in args.seeds:
@@ -224,9 +225,9 @@ def relabel(args) -> None:
         _append(out, {"arm": "first", "seed": seed, "wall_s": round(wall, 1), "accuracy_unreviewed": round(base, 4),
                       "reviewed": len(fixed), "reviewed_in_core": sum(i in first.core for i in fixed),
                       "contradicting_core": contra})
-        # What ships is one of the other two by construction (engine.core.reuse_core: a search when a human
-        # label contradicts the core, else reuse): recorded as that arm's result, not run a third time.
-        shipped_as = "search" if contra else "reuse"
+        # What ships is one of the other two by construction (engine.core.reuse_core: reuse, the human labels
+        # in place, as SST-2 has no consistency groups): recorded as that arm's result, not run a third time.
+        shipped_as = "reuse"
         for arm, core in (("reuse", {i: fixed.get(i, w) for i, w in first.core.items()}), ("search", None)):
             if (arm, seed) in have:
                 continue

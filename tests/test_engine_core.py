@@ -150,17 +150,34 @@ def test_a_relabel_reuses_the_core_with_no_search_when_no_human_label_contradict
     assert any(f"{rows[outside[0]]['choice']}" in prefix for prefix, _ in model.calls)
 
 
-def test_a_human_label_that_contradicts_the_core_makes_a_relabel_search_again():
+def test_a_human_label_that_contradicts_the_core_takes_its_place_with_no_search(monkeypatch):
     rows = _rows(90)
     first = label_rows(rows, task="claims", model=ContextReader(), seed=3, config=SearchConfig(**CFG))
     row, word = next(iter(first.core.items()))
     other = next(w for w in ("True", "False") if w != word)
+
+    def no_search(self, progress=None):
+        raise AssertionError("a relabel searched the core again")
+    monkeypatch.setattr("icm_backend.engine.search.ICMSearch.run", no_search)
     again = label_rows(rows, task="claims", model=ContextReader(), seed=3, config=SearchConfig(**CFG),
                        fixed={row: other}, core=first.core)
     origin = again.core_origin
-    assert origin.how == CoreOrigin.SEARCHED_AGAIN and origin.human == 1, origin
-    assert origin.why.startswith(f"1 human label(s) contradict the previous core's (rows {row})"), origin
-    assert again[row].fixed and again[row].label == other
+    assert origin.how == CoreOrigin.REUSED and origin.human == 1, origin
+    assert origin.why == f"1 human label(s) in place of the core's (rows {row})", origin
+    assert "1 human label(s) in place of the core's" in origin.text()
+    assert again.core[row] == other and again[row].fixed and again[row].label == other
+
+
+def test_a_core_group_with_an_unlabelled_row_makes_a_relabel_search_again():
+    rows = [{**r, "consistency_id": f"q{i // 3}"} for i, r in enumerate(_rows(90))]  # groups of 3
+    first = label_rows(rows, task="claims", model=ContextReader(), seed=3, config=SearchConfig(**CFG))
+    problem = build_problem(rows, "claims")
+    grouped = next(g for g in groups_of(problem, sorted(first.core)) if len(g) > 1)
+    prior = {i: y for i, y in first.core.items() if i != grouped[0]}  # e.g. a task added to a core group
+    again = label_rows(rows, task="claims", model=ContextReader(), seed=3, config=SearchConfig(**CFG), core=prior)
+    origin = again.core_origin
+    assert origin.how == CoreOrigin.SEARCHED_AGAIN, origin
+    assert origin.why == "1 row(s) of the previous core's groups have no label", origin
 
 
 def test_a_core_naming_a_row_outside_the_input_is_a_clear_error():

@@ -95,10 +95,10 @@ class BangScorer:
         return np.array(out)
 
 
-def test_a_relabel_reuses_the_projects_core_unless_a_human_label_contradicts_it(make, monkeypatch):
+def test_a_relabel_reuses_the_projects_core_with_the_human_labels_in_place(make, monkeypatch):
     """The job keeps the core of each ICM labelling (ProjectStore.put_core); the next job of the project reuses
-    it (no search: engine.core.reuse_core) with the human labels given since; a human label contradicting a
-    core label makes that job search the core again. The real engine (label_rows) on a fake scorer."""
+    it (no search: engine.core.reuse_core) with the human labels given since, a human label contradicting a
+    core label in its place. The real engine (label_rows) on a fake scorer."""
     from icm_backend.engine import labeler as engine
     from icm_backend.engine.search import ICMSearch
 
@@ -130,12 +130,16 @@ def test_a_relabel_reuses_the_projects_core_unless_a_human_label_contradicts_it(
     assert second.state["core_origin"] == {"how": "reused", "rows": 10, "human": 2, "why": ""}
     assert sorted({c[0] for c in backend.projects.core(1)}) == sorted({c[0] for c in core} | set(outside))
 
-    # a human label that contradicts a core label: the core is searched again
+    # a human label that contradicts a core label: it takes the core label's place, still no search
     tid, _, word = core[0]
-    annotations[tid] = [ann(999, "Negative" if word == "Positive" else "Positive")]
+    human = "Negative" if word == "Positive" else "Positive"
+    annotations[tid] = [ann(999, human)]
     third = run_job(backend)
     assert third.status == "done", third.error
-    assert len(searches) == 2 and "core searched again (1 human label(s) contradict" in third.message
+    assert searches == [8], "a contradicting human label made the job search the core again"
+    assert "previous core reused (no search; 1 human label(s) in place of the core's" in third.message
+    assert third.state["core_origin"]["how"] == "reused" and third.state["core_origin"]["human"] == 3
+    assert {c[0]: c[2] for c in backend.projects.core(1)}[tid] == human
 
 
 def test_icm_reuse_core_0_searches_every_time(make, monkeypatch):

@@ -78,8 +78,8 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
     then each later chunk). With a checkpoint, chunks handed to `on_chunk` before a crash are skipped on
     resume (the caller has them) and are missing from the returned list.
     core: a previous labelling's core ({row index: label}, the `.core` of what this returned before, for
-        the same rows): a relabel reuses it, with no search, unless a human label contradicts it
-        (engine.core.reuse_core says when and why); the returned `.core_origin` says which happened.
+        the same rows): a relabel reuses it, with no search, the human labels in place of its own
+        (engine.core.reuse_core says when and why not); the returned `.core_origin` says which happened.
 
     review_threshold / review_fraction: which rows get a low-confidence flag: those under the
         threshold if one is given, else that share of the rows, least confident first. `review` (a

@@ -30,7 +30,8 @@ class Flag:
 @dataclass(frozen=True)
 class CoreOrigin:
     """How a labelling's core (engine.core) came about: `how` is SEARCHED (no previous core to reuse),
-    REUSED (a previous labelling's core and labels, no search) or SEARCHED_AGAIN (a previous core existed
+    REUSED (a previous labelling's core and labels, no search; `why`: the core labels human labels
+    replaced, if any) or SEARCHED_AGAIN (a previous core existed
     and could not be reused: `why`). `rows`: the core's rows; `human`: the human labels among them."""
 
     SEARCHED = "searched"
@@ -44,8 +45,8 @@ class CoreOrigin:
 
     def text(self) -> str:
         if self.how == self.REUSED:
-            return (f"previous core of {self.rows} rows reused ({self.human} human labels, none contradicting "
-                    f"it): no search, one pass over the rest")
+            return (f"previous core of {self.rows} rows reused ({self.human} human labels"
+                    f"{'; ' + self.why if self.why else ''}): no search, one pass over the rest")
         if self.how == self.SEARCHED_AGAIN:
             return f"ICM on a core of {self.rows} rows, searched again: {self.why}"
         return f"ICM on a core of {self.rows} rows"

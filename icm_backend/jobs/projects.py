@@ -104,7 +104,7 @@ class ProjectStore:
 
     def put_core(self, project: int, core: list, model_version: str) -> None:
         """The core of the project's last ICM labelling ([task id, row of the task, label word] per row):
-        the next labelling of the project reuses it unless a human label contradicts it (engine.core)."""
+        the next labelling of the project reuses it, the human labels in place of its own (engine.core)."""
         self.db.q("INSERT INTO cores(project, core, model_version, updated) VALUES (?,?,?,?) ON CONFLICT(project) "
                   "DO UPDATE SET core=excluded.core, model_version=excluded.model_version, updated=excluded.updated",
                   (project, json.dumps(core), model_version, time.time()))

@@ -52,7 +52,7 @@ class ServerConfig:
     trial: bool = True  # ICM_TRIAL=0 turns off: jobs also label with a kept version on trial (finetune.trial)
     core_size: int = 256  # ICM_CORE_SIZE: a project with more tasks runs ICM on a core this big, one pass for the rest
     chunk_size: int = 512  # ICM_CHUNK_SIZE: the one-pass phase labels (and writes to LS) this many tasks at a time
-    reuse_core: bool = True  # ICM_REUSE_CORE: a relabel reuses the project's last core unless a human label contradicts it
+    reuse_core: bool = True  # ICM_REUSE_CORE: a relabel reuses the project's last core, human labels in place
     dtype: str = "auto"  # ICM_DTYPE: auto (bf16 where the CPU computes it natively or on CUDA, else fp32), bf16, fp32
     seed: int = 0
     max_iters: int | None = None  # ICM_MAX_ITERS: cap on the ICM search's iterations (engine default 20*N)

@@ -93,8 +93,8 @@ class ICMJob:
         if "human" not in state:
             state["human"] = self._human_labels(project, spec, set(by_id))
             ctx.save_state(state)
-        # The core of the project's last ICM labelling: reused (no search) unless a human label contradicts it
-        # (engine.core.reuse_core). Read once, kept for a resume; the trial pass gets the same one.
+        # The core of the project's last ICM labelling: reused (no search), the human labels in place of its
+        # own (engine.core.reuse_core). Read once, kept for a resume; the trial pass gets the same one.
         if "prior_core" not in state:
             state["prior_core"] = self.projects.core(project) if method == "icm" and self.host.config.reuse_core \
                 else None
@@ -169,7 +169,7 @@ class ICMJob:
             "fixed in context" if reads_context(method) else "kept (their tasks not relabelled)")
         origin = CoreOrigin.from_json(state.get("core_origin"))
         if origin and origin.how == CoreOrigin.REUSED:
-            human_note += ", the project's previous core reused (no search)"
+            human_note += ", the project's previous core reused (no search" + (f"; {origin.why}" if origin.why else "") + ")"
         elif origin and origin.how == CoreOrigin.SEARCHED_AGAIN:
             human_note += f", core searched again ({origin.why})"
         if trial is not None:
