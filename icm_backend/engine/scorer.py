@@ -120,7 +120,7 @@ class TransformersScorer:
         packed = self.packed and cache is not None and not (window and len(prefix_ids) >= window - 1)
         if packed and not self._packing_checked:
             self._check_packing(prefix_ids, cache, [target_ids[i] for i in order[:4]])
-        score = self._score_packed if packed and self.packed else self._score_batch
+        score = self._score_packed if packed and self.packed else self._score_batch  # the check may turn it off
         for start in range(0, len(order), self.batch_size):
             rows = order[start:start + self.batch_size]
             out[rows] = score(prefix_ids if prefix else [], cache, [target_ids[i] for i in rows])
@@ -165,11 +165,7 @@ class TransformersScorer:
         with torch.no_grad():  # a copy of the cache: the model extends it in place
             hidden = self._backbone()(input_ids=ids, attention_mask=masks, position_ids=pos[None].to(dev),
                                       use_cache=True, past_key_values=copy.deepcopy(cache)).last_hidden_state[0]
-            last = hidden[(starts + lengths - 1).to(dev)]
-            picked = label_logits(last, self._lm_head(), self.label_ids, logit_softcap(self.model.config))
-        self.stats.forward_calls += 1
-        self.stats.tokens_processed += int(lengths.sum())
-        return torch.log_softmax(picked, dim=-1).cpu().numpy()
+            return self._label_log_probs(hidden[(starts + lengths - 1).to(dev)], int(lengths.sum()))
 
     def _score_batch(self, prefix_ids: list[int], cache, batch: list[list[int]]) -> np.ndarray:
         import torch
@@ -192,10 +188,15 @@ class TransformersScorer:
         with torch.no_grad():
             hidden = self._backbone()(input_ids=ids, attention_mask=mask, use_cache=cache is not None,
                                       **kwargs).last_hidden_state
-            last = hidden[torch.arange(n), torch.tensor(lengths) - 1]  # logits only at the cue
-            picked = label_logits(last, self._lm_head(), self.label_ids, logit_softcap(self.model.config))
+            return self._label_log_probs(hidden[torch.arange(n), torch.tensor(lengths) - 1], sum(lengths))
+
+    def _label_log_probs(self, last, tokens: int) -> np.ndarray:
+        """Normalised label log-probs from the hidden states at each target's cue (one forward of `tokens`)."""
+        import torch
+
+        picked = label_logits(last, self._lm_head(), self.label_ids, logit_softcap(self.model.config))
         self.stats.forward_calls += 1
-        self.stats.tokens_processed += sum(lengths)
+        self.stats.tokens_processed += tokens
         return torch.log_softmax(picked, dim=-1).cpu().numpy()
 
     def _backbone(self):
