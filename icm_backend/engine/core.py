@@ -86,8 +86,8 @@ def reuse_core(problem: Problem, fixed: dict[int, int], prior: dict[int, int]) -
     place of its own (ConsistencyFix then repairs what they break), whenever every row of its groups has a
     label (the human-labelled rows and their groups join it, as in draw_core): a relabel, after a review or
     under a new model version, is then the one-pass phase alone. Measured on SST-2 dev with the default
-    model (bench_scale.py relabel, the 100 least confident rows given gold labels, 11-14 of them
-    contradicting the core): the reused core labelled the rows nobody reviewed as well as a new search or
+    model (bench_scale.py relabel, the 100 least confident rows given gold labels, 10-14 of them
+    contradicting the core, seeds 0 and 1): the reused core labelled the rows nobody reviewed as well as a new search or
     better, at a third of its time (bench/RESULTS.md). Searching again on every contradiction, the rule
     before, meant a full search after every review round: the review loop's queue puts its least
     confident rows, core rows among them, in front of the humans, so some always contradict it."""

@@ -30,9 +30,8 @@ class Flag:
 @dataclass(frozen=True)
 class CoreOrigin:
     """How a labelling's core (engine.core) came about: `how` is SEARCHED (no previous core to reuse),
-    REUSED (a previous labelling's core and labels, no search; `why`: the core labels human labels
-    replaced, if any) or SEARCHED_AGAIN (a previous core existed
-    and could not be reused: `why`). `rows`: the core's rows; `human`: the human labels among them."""
+    REUSED (a previous labelling's core and labels, no search; `why`: which of its labels human labels
+    replaced, if any) or SEARCHED_AGAIN (a previous core existed and could not be reused: `why`). `rows`: the core's rows; `human`: the human labels among them."""
 
     SEARCHED = "searched"
     REUSED = "reused"
