@@ -67,6 +67,58 @@ def label_of(item: dict | None) -> str | None:
 
 
 # -- 1. scale on a real Label Studio -----------------------------------------------------------------
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) of every live process in process group `pgid` (LS and its workers, the
+    backend): who used the 2 cores while the job ran."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(f[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(11) stime(12)
+            total += (int(f[11]) + int(f[12])) / tick
+    return total
+
+
+class CpuMeter:
+    """Samples the CPU time of Label Studio, the backend (each start its own group, added up) and this
+    bench every `every` seconds; `mark(name)` records the totals at a point of the run."""
+
+    def __init__(self, ls_pgid: int, every: float = 10.0):
+        import threading
+
+        self.ls, self.backends, self.every = ls_pgid, {}, every
+        self.backend_pgid: int | None = None
+        self.t0 = time.monotonic()
+        self.samples: list[dict] = []
+        self.marks: dict[str, dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def now(self) -> dict:
+        if self.backend_pgid:
+            self.backends[self.backend_pgid] = group_cpu_s(self.backend_pgid) or self.backends.get(
+                self.backend_pgid, 0.0)  # a killed backend keeps its last reading
+        t = os.times()
+        return {"t": round(time.monotonic() - self.t0, 1), "label_studio_cpu_s": round(group_cpu_s(self.ls), 1),
+                "backend_cpu_s": round(sum(self.backends.values()), 1),
+                "bench_cpu_s": round(t.user + t.system, 1), "load1": os.getloadavg()[0]}
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = self.now()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(self.now())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def scale(args) -> None:
     from backend_process import BackendProcess, wait_for
     from label_studio_harness import LabelStudioServer, free_port
@@ -86,6 +138,8 @@ def scale(args) -> None:
         env["ICM_CHUNK_SIZE"] = str(args.shard_size)
     backend = BackendProcess(port=free_port(), model_dir=work / "model", env=env)
     backend.start(timeout=300)
+    cpu = CpuMeter(os.getpgid(ls_server.process.pid))
+    cpu.backend_pgid = os.getpgid(backend.process.pid)
     ls = ls_server.client
     H = ls_server.headers
     out: dict = {"tasks": len(data), "model": args.model or "default", "method": args.method,
@@ -108,6 +162,7 @@ def scale(args) -> None:
             return time.monotonic() - t
 
         t_start = time.monotonic()
+        cpu.mark("retrieve")
         out["retrieve_first_s"] = retrieve()
         out["predict_server_s"] = _predict_seconds(backend.url)  # of which the backend's /predict
         if args.retrieve_only:
@@ -120,6 +175,7 @@ def scale(args) -> None:
         first = wait_for(lambda: (lambda j: (j["status"] in ("done", "failed") or j["state"].get("written"))
                                   and j)(requests.get(job_url, timeout=5).json()), 3600, "the first shard")
         out["first_shard_s"] = time.monotonic() - t_start
+        cpu.mark("first_predictions")
         if first["status"] == "running":
             out["retrieve_during_job_s"] = retrieve()  # LS sends every task still without a prediction
         if args.kill_after_tasks:  # the backend killed (-9) in the one-pass phase, then started again
@@ -128,7 +184,8 @@ def scale(args) -> None:
                 if j["status"] in ("done", "failed"):
                     raise RuntimeError(f"the job ended before the kill: {j['status']} {j['message']}")
                 return j["state"].get("written", 0) >= args.kill_after_tasks and j
-            j = wait_for(tasks_written, 6 * 3600, f"{args.kill_after_tasks} tasks written", every=0.2)
+            j = wait_for(tasks_written, 6 * 3600, f"{args.kill_after_tasks} tasks written", every=0.5)
+            cpu.mark("kill")
             backend.kill()
             out["killed_at_s"] = time.monotonic() - t_start
             out["killed_after_tasks"] = j["state"]["written"]
@@ -136,6 +193,7 @@ def scale(args) -> None:
             print(f"  killed -9 after {j['state']['written']} tasks written ({out['predictions_at_kill']} predictions "
                   "in LS)", flush=True)
             backend.start(timeout=300)
+            cpu.backend_pgid = os.getpgid(backend.process.pid)
             out["restarted_at_s"] = time.monotonic() - t_start
         last_print = 0.0
 
@@ -149,10 +207,17 @@ def scale(args) -> None:
                 raise RuntimeError(f"job {j['status']}: {j['error']}")
             if "all_predictions_s" not in out and j["state"].get("written", 0) >= len(data):
                 out["all_predictions_s"] = time.monotonic() - t_start  # then the accept report's marks
+                cpu.mark("all_predictions")
                 print(f"  all {len(data)} predictions written after {_dur(out['all_predictions_s'])}", flush=True)
             return j["status"] == "done" and j
         job = wait_for(finished, 6 * 3600, "the job", every=1.0)
         out["job_s"] = time.monotonic() - t_start
+        cpu.mark("job_done")
+        cpu.stop()
+        out["cpu_marks"] = cpu.marks
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        (args.workdir / f"cpu-samples-{len(data)}.jsonl").write_text(
+            "".join(json.dumps(x) + "\n" for x in cpu.samples))
         out["job_message"] = job["message"]
         out["job_restarts"] = job.get("restarts")
         out["load_after"] = os.getloadavg()[0]

@@ -43,3 +43,27 @@ def test_restart_requeues_running_jobs(tmp_path):
     store2.requeue_interrupted()
     assert store2.get_job(a.id).status == "queued" and store2.get_job(a.id).restarts == 1
     assert store2.get_job(b.id).status == "cancelled"
+
+
+def test_status_reads_leave_the_task_snapshot_alone(tmp_path):
+    """An ICM job's params hold every task (megabytes on a big project): a status poll, a cancel check or a
+    listing that parsed them took the running job's CPU. Only the handler, and whoever asks, gets them."""
+    from icm_backend.jobs.queue import JobRunner
+
+    store = JobStore(Database(tmp_path / "db.sqlite3"))
+    params = {"label_config": "<View/>", "tasks": [{"id": i, "data": {"text": f"t{i}"}} for i in range(3)]}
+    job = store.create_job("icm", 1, "v", params)
+    assert job.params == params  # the creator keeps what it wrote
+    assert store.get_job(job.id).params is None and store.list_jobs()[0].params is None
+    assert store.active_job("icm", 1, "v").params is None
+    assert store.get_job(job.id, with_params=True).params == params
+    assert "params" not in store.get_job(job.id).to_json() and "params" not in job.to_json()
+    seen = []
+    runner = JobRunner(store, tmp_path / "jobs", {"icm": lambda ctx: seen.append(ctx.job.params) or "ok"})
+    runner.ensure_started()
+    assert runner.wait_idle(10)
+    runner.stop()
+    assert seen == [params] and store.get_job(job.id).status == "done"
+    assert not store.cancel_requested(job.id)
+    store.update_job(job.id, cancel_requested=1)
+    assert store.cancel_requested(job.id)

@@ -12,7 +12,7 @@ import logging
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields as dc_fields
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 """
 
+# Every column but params (Job.params says why)
+_COLUMNS = ("id, kind, project, model_version, status, done, total, message, error, state, cancel_requested, "
+            "restarts, created, updated")
+
 
 class QueueFull(Exception):
     """submit() refused: too many jobs queued or running (all projects, or this project)."""
@@ -63,7 +67,11 @@ class Job:
     total: int = 0
     message: str = ""
     error: str = ""
-    params: dict = field(default_factory=dict)
+    # The job's input (for an ICM job, every task's data: megabytes on a big project). Read only for the
+    # handler that runs the job and where asked (JobStore.get_job(with_params=True)); None elsewhere: a
+    # status poll parsing it costs the running job its CPU (a 10,000-task job polled 5 times a second
+    # ran its chunks at half speed).
+    params: dict | None = field(default_factory=dict)
     state: dict = field(default_factory=dict)
     cancel_requested: bool = False
     restarts: int = 0
@@ -71,8 +79,8 @@ class Job:
     updated: float = 0.0
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d.pop("params")  # may hold a task snapshot: big, and not progress
+        # not asdict: it deep-copies params (a task snapshot: big, and not progress) only to drop them
+        d = {f.name: getattr(self, f.name) for f in dc_fields(self) if f.name != "params"}
         d["progress"] = round(self.done / self.total, 4) if self.total else 0.0
         return d
 
@@ -90,14 +98,14 @@ class JobStore:
             cur = self.db.conn.execute(
                 "INSERT INTO jobs(kind, project, model_version, status, params, created, updated) "
                 "VALUES (?,?,?,?,?,?,?)", (kind, project, model_version, "queued", json.dumps(params), now, now))
-            return self.get_job(cur.lastrowid)
+            return self.get_job(cur.lastrowid, with_params=True)
 
-    def get_job(self, job_id: int) -> Job | None:
-        rows = self.db.q("SELECT * FROM jobs WHERE id=?", (job_id,))
+    def get_job(self, job_id: int, with_params: bool = False) -> Job | None:
+        rows = self.db.q(f"SELECT {'*' if with_params else _COLUMNS} FROM jobs WHERE id=?", (job_id,))
         return _job(rows[0]) if rows else None
 
     def list_jobs(self, project: int | None = None, status: str | None = None, limit: int = 100) -> list[Job]:
-        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        sql, args = f"SELECT {_COLUMNS} FROM jobs WHERE 1=1", []
         if project is not None:
             sql += " AND project=?"
             args.append(project)
@@ -109,13 +117,17 @@ class JobStore:
         return [_job(r) for r in self.db.q(sql, tuple(args))]
 
     def active_job(self, kind: str, project: int | None, model_version: str | None) -> Job | None:
-        rows = self.db.q("SELECT * FROM jobs WHERE kind=? AND project IS ? AND model_version IS ? AND status IN "
+        rows = self.db.q(f"SELECT {_COLUMNS} FROM jobs WHERE kind=? AND project IS ? AND model_version IS ? AND status IN "
                        "('queued','running') ORDER BY id LIMIT 1", (kind, project, model_version))
         return _job(rows[0]) if rows else None
 
     def next_queued(self) -> Job | None:
         rows = self.db.q("SELECT * FROM jobs WHERE status='queued' ORDER BY id LIMIT 1")
         return _job(rows[0]) if rows else None
+
+    def cancel_requested(self, job_id: int) -> bool:
+        rows = self.db.q("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,))
+        return bool(rows and rows[0]["cancel_requested"])
 
     def update_job(self, job_id: int, **fields) -> None:
         if "state" in fields:
@@ -136,7 +148,7 @@ class JobStore:
 
     def requeue_interrupted(self) -> list[Job]:
         """At start-up: jobs left 'running' by a dead process go back to the queue (or to cancelled)."""
-        rows = self.db.q("SELECT * FROM jobs WHERE status='running'")
+        rows = self.db.q(f"SELECT {_COLUMNS} FROM jobs WHERE status='running'")
         for r in rows:
             if r["cancel_requested"]:
                 self.update_job(r["id"], status="cancelled", message="cancelled (process restarted)")
@@ -158,7 +170,7 @@ class JobStore:
 def _job(r: sqlite3.Row) -> Job:
     return Job(id=r["id"], kind=r["kind"], project=r["project"], model_version=r["model_version"],
                status=r["status"], done=r["done"], total=r["total"], message=r["message"], error=r["error"],
-               params=json.loads(r["params"]), state=json.loads(r["state"]),
+               params=json.loads(r["params"]) if "params" in r.keys() else None, state=json.loads(r["state"]),
                cancel_requested=bool(r["cancel_requested"]), restarts=r["restarts"],
                created=r["created"], updated=r["updated"])
 
@@ -183,8 +195,7 @@ class JobContext:
         self.store.update_job(self.job.id, state=state)
 
     def check(self) -> None:
-        job = self.store.get_job(self.job.id)
-        if job is not None and job.cancel_requested:
+        if self.store.cancel_requested(self.job.id):
             raise JobCancelled()
 
 

@@ -136,7 +136,7 @@ class AcceptJob:
         src, acc = _source(self.backend.jobs, project)
         if src is None:
             return "nothing to do: no ICM labelling of this project holds a risk report"
-        origin = self.backend.jobs.get_job(int(acc.get("label_config_job") or src.id))
+        origin = self.backend.jobs.get_job(int(acc.get("label_config_job") or src.id), with_params=True)
         spec = parse_label_config(origin.params["label_config"])
         plan = AuditPlan(**acc["plan"]) if acc.get("plan") else None
         settings = AcceptSettings.from_env()
