@@ -51,3 +51,30 @@ def test_a_model_that_ignores_the_mask_falls_back_to_padded_batches(data_dir, ca
     reference = TransformersScorer(lm, ["negative", "positive"])
     reference.packed = False
     assert np.allclose(got, reference.score(labelled, rows))
+
+
+def test_one_mask_for_every_layer_packs_only_inside_the_sliding_window(data_dir):
+    """A model with a sliding window and one mask for all its layers (Mistral-style: no layer_types) gets the
+    full-attention mask when packed: right while prefix + target fit the window, padded batches beyond."""
+    lm = load_lm("smollm2-135m")
+    rows = _rows(data_dir, 6)
+    labelled = "".join(f"{t} negative\n\n" for t in _rows(data_dir, 14)[6:])
+    scorer = TransformersScorer(lm, ["negative", "positive"])
+    calls = []
+    real = scorer._score_packed
+    scorer._score_packed = lambda *a: calls.append(1) or real(*a)
+    prefix_len = len(scorer._encode_prefix(labelled))
+    longest = max(scorer.count_tokens(r) for r in rows)
+    cfg = lm.model.config
+    saved = getattr(cfg, "sliding_window", None), getattr(cfg, "layer_types", None)
+    try:
+        cfg.layer_types = None
+        cfg.sliding_window = prefix_len + longest  # every target fits: packed
+        scorer.score(labelled, rows)
+        assert calls, "packed inside the window"
+        calls.clear()
+        cfg.sliding_window = prefix_len + longest - 1  # the longest target would reach past it: padded
+        scorer.score(labelled, rows)
+        assert not calls
+    finally:
+        cfg.sliding_window, cfg.layer_types = saved

@@ -115,9 +115,7 @@ class TransformersScorer:
         cache = self._prefix_state(prefix_ids, prefix) if prefix else None
         out = np.zeros((len(targets), len(self.label_words)))
         order = sorted(range(len(targets)), key=lambda i: len(target_ids[i]))  # less padding
-        # A sliding-window cache keeps only its window of the prefix: the packed mask would not line up.
-        window = getattr(self.model.config, "sliding_window", None)
-        packed = self.packed and cache is not None and not (window and len(prefix_ids) >= window - 1)
+        packed = self.packed and cache is not None and self._packable(len(prefix_ids), max(map(len, target_ids)))
         if packed and not self._packing_checked:
             self._check_packing(prefix_ids, cache, [target_ids[i] for i in order[:4]])
         score = self._score_packed if packed and self.packed else self._score_batch  # the check may turn it off
@@ -125,6 +123,18 @@ class TransformersScorer:
             rows = order[start:start + self.batch_size]
             out[rows] = score(prefix_ids if prefix else [], cache, [target_ids[i] for i in rows])
         return out
+
+    def _packable(self, prefix_len: int, longest: int) -> bool:
+        """Whether a packed batch attends exactly as a padded one under the model's sliding window."""
+        cfg = self.model.config
+        window = getattr(cfg, "sliding_window", None)
+        if not window:
+            return True
+        if prefix_len >= window - 1:  # a sliding-window cache keeps only its window: the mask would not line up
+            return False
+        # Per-layer-type masks (Gemma 3) carry the window by position; one mask for every layer (a Mistral-style
+        # model) is the full-attention one, right only while no target reaches past the window.
+        return bool(getattr(cfg, "layer_types", None)) or prefix_len + longest <= window
 
     def _check_packing(self, prefix_ids: list[int], cache, batch: list[list[int]]) -> None:
         self._packing_checked = True
