@@ -159,3 +159,30 @@ def test_consistency_rules_alone_do_not_make_a_labelling_confident():
     assert not rep.reliable and rep.estimated_accuracy is not None
     assert abs(np.mean([p.confidence for p in preds]) - rep.estimated_accuracy) < 0.01
     assert all(p.confidence >= 0.5 for p in preds)
+
+
+def test_an_unsure_ensemble_defers_to_the_search_own_label():
+    """Where the assessed label is under 2:1 odds and the search's own (D) says otherwise, D's label is
+    reported with its probability as confidence; a sure ensemble, a row the search did not label, a fixed
+    row and a row tied by a consistency rule keep theirs."""
+    p = np.array([0.6, 0.6, 0.9, 0.6, 0.6, 0.6, 0.3, 0.8])  # P(pos) per row
+    rows = np.log(np.stack([1 - p, p], 1))
+    search = np.array([0, 1, 0, -1, 0, 0, 0, 1])
+    review = ReviewConfig(fraction=0.0, drift_guard=False)
+    preds, rep = assess(classify(8), [rows], None, {5: 1}, review, use_consistency=True, search_labels=search)
+    got = [(x.label, round(x.confidence, 3)) for x in preds]
+    assert got[0] == ("neg", 0.4)  # deferred: the ensemble's pos had 0.6 < 2/3
+    assert got[1] == ("pos", 0.6) and got[2] == ("pos", 0.9) and got[3] == ("pos", 0.6)  # agree / sure / no D
+    assert got[4] == ("neg", 0.4) and got[5] == ("pos", 1.0) and got[6] == ("neg", 0.7)  # fixed row 5 kept
+    assert rep.deferred_to_search == 2
+    off, rep_off = assess(classify(8), [rows], None, {5: 1}, ReviewConfig(fraction=0.0, drift_guard=False,
+                          defer_below=None), use_consistency=True, search_labels=search)
+    assert off[0].label == "pos" and rep_off.deferred_to_search == 0
+    # Rows tied by a consistency rule keep the joint decision (a lone change could break the rule).
+    tied = build_problem([{"question": "q", "cot": f"c{a}", "answer": a, "consistency_id": "g"} for a in "12"],
+                         "gsm8k")
+    scores = [np.log(np.array([[0.55, 0.45]] * 2))]  # label words True, False
+    plain, _ = assess(tied, scores, None, {}, review, use_consistency=True)
+    assert any(x.confidence < 2 / 3 and x.label == "False" for x in plain)  # D's "True" would have been taken
+    kept, rep = assess(tied, scores, None, {}, review, use_consistency=True, search_labels=np.array([0, 1]))
+    assert [x.label for x in kept] == [x.label for x in plain] and rep.deferred_to_search == 0

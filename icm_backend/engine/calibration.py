@@ -19,6 +19,12 @@ After a labelling method has run, `assess` turns its scores into what a user see
    consistency rules, under the joint distribution restricted to consistent labellings (fixed rows
    clamped), so the confidence reported is the probability of the chosen label under the scoring that
    chose it, >= 1/K.
+   Deference to the search: where the search's own labelling (D, ICM's answer) says otherwise and the
+   decided label's confidence is under `defer_below` (2/3: less than 2:1 odds), the row reports D's label,
+   with its probability under the same scores as confidence (so below 1/2 in a binary task: flagged first).
+   Rows under consistency rules keep the joint decision (a lone change could break a rule). Measured
+   (bench/RESULTS.md, issue 19 item 4): on the rows where the two differ, D was right 33 times out of 47
+   below 2/3 and the ensemble 17 times out of 21 above it (SST-2, 64- and 256-row runs, 6 seeds).
 4. Drift guard. The labelling's label share is compared with the calibrated marginal (the mean
    calibrated probability of each label). A departure beyond `drift_tolerance` on a problem without
    consistency rules is corrected by a per-label bias that brings the share to the marginal (the
@@ -58,6 +64,7 @@ class ReviewConfig:
     min_accuracy: float | None = None  # estimated accuracy under this => unreliable (default 1/K + 0.4 (1 - 1/K))
     drift_tolerance: float = 0.15  # label share vs calibrated marginal, max over labels
     drift_guard: bool = True
+    defer_below: float | None = 2 / 3  # report the search's own label where the decided one is less likely (None: off)
 
     def __post_init__(self):
         if self.fraction is not None and not 0.0 <= self.fraction <= 1.0:
@@ -84,6 +91,7 @@ class Assessment:
     reasons: list[str] = field(default_factory=list)
     flagged: int = 0
     mean_confidence: float = 0.0
+    deferred_to_search: int = 0  # rows reporting the search's own label (ReviewConfig.defer_below)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -92,7 +100,9 @@ class Assessment:
         acc = "n/a" if self.estimated_accuracy is None else f"{self.estimated_accuracy:.2f}"
         head = ("UNRELIABLE: " + "; ".join(self.reasons)) if not self.reliable else "reliable"
         return (f"{head}; estimated accuracy {acc}, mean confidence {self.mean_confidence:.2f}, "
-                f"temperature {self.temperature:.2f} ({self.calibrated_on}), {self.flagged} flagged for review")
+                f"temperature {self.temperature:.2f} ({self.calibrated_on}), {self.flagged} flagged for review"
+                + (f", {self.deferred_to_search} label(s) the search's own (the assessed one under 2:1 odds)"
+                   if self.deferred_to_search else ""))
 
 
 # -- small numerics ---------------------------------------------------------------------------------
@@ -251,14 +261,16 @@ class Calibration:
 
 
 def assess(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray | None, fixed: dict[int, int],
-           review: ReviewConfig, use_consistency: bool) -> tuple[list[Prediction], Assessment]:
+           review: ReviewConfig, use_consistency: bool,
+           search_labels: np.ndarray | None = None) -> tuple[list[Prediction], Assessment]:
     """Scores of one labelling -> calibrated Predictions (input order) and the project-level Assessment.
 
     score_rows: normalised label log-prob rows [n, K], one array per context sample (>= 1).
     zero_shot: rows without context (the independent view for the unsupervised temperature), or None.
     use_consistency: decide labels under the consistency rules (ICM, bootstrap) or per row (baselines).
+    search_labels: the ICM search's own label index per row (-1 where it labelled none), or None.
     """
-    preds, report, _ = fit(problem, score_rows, zero_shot, fixed, review, use_consistency)
+    preds, report, _ = fit(problem, score_rows, zero_shot, fixed, review, use_consistency, search_labels)
     return preds, report
 
 
@@ -299,7 +311,8 @@ def _predictions(problem: Problem, cons: Consistency, labels: np.ndarray, conf: 
 
 
 def fit(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray | None, fixed: dict[int, int],
-        review: ReviewConfig, use_consistency: bool) -> tuple[list[Prediction], Assessment, Calibration]:
+        review: ReviewConfig, use_consistency: bool,
+        search_labels: np.ndarray | None = None) -> tuple[list[Prediction], Assessment, Calibration]:
     """`assess`, also returning the Calibration it decided (for `apply` to further rows)."""
     words = problem.label_words
     n, k = len(problem.examples), len(words)
@@ -380,6 +393,19 @@ def fit(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray | 
         # the labelling's estimated accuracy. Shrink towards 1/K so the mean matches it; order is kept.
         shrink = max((est_acc - 1.0 / k) / max(conf[free].mean() - 1.0 / k, 1e-9), 0.0)
         conf = np.where(free, 1.0 / k + (conf - 1.0 / k) * shrink, conf)
+    deferred = 0
+    if search_labels is not None and review.defer_below:
+        s_lab = np.asarray(search_labels)
+        tied = np.zeros(n, dtype=bool)
+        for comp in components(cons, n):
+            tied[comp] = len(comp) > 1
+        defer = free & ~tied & (s_lab >= 0) & (s_lab != labels) & (conf < review.defer_below)
+        if defer.any():
+            labels = np.where(defer, s_lab, labels)
+            p = probs[np.arange(n), labels]
+            conf = np.where(defer, p if shrink is None else 1.0 / k + (p - 1.0 / k) * shrink, conf)
+            deferred = int(defer.sum())
+            share_after = np.bincount(labels[free], minlength=k) / max(int(free.sum()), 1)
 
     # Review queue: by threshold, or the budget's share of the free rows, least confident first; the
     # budget becomes the confidence cut-off that `apply` uses on later rows.
@@ -404,7 +430,7 @@ def fit(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray | 
         marginal={w: round(float(m), 4) for w, m in zip(words, marginal)},
         drift=round(drift, 4), drift_corrected=corrected, reliable=not reasons, reasons=reasons,
         flagged=sum(1 for p in preds if p.flags),
-        mean_confidence=round(float(conf[free].mean()), 4) if free.any() else 1.0)
+        mean_confidence=round(float(conf[free].mean()), 4) if free.any() else 1.0, deferred_to_search=deferred)
     calibration = Calibration(float(t), None if bias is None else [float(b) for b in bias], shrink, low_below, why,
                               list(reasons))
     return preds, report, calibration

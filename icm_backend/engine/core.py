@@ -268,8 +268,9 @@ def label_with_core(rows: list[dict], problem: Problem, scorer, config: SearchCo
         fit_problem = _sub_problem(problem, rows, fit_idx)
         fit_fixed = {k: fixed[i] for k, i in enumerate(fit_idx) if i in fixed}
         score_rows = [np.concatenate([c, r]) for c, r in zip(core_rows, raw[:-1])]
+        own = np.concatenate([core_labels, np.full(len(first), -1)])  # the search labelled the core only
         preds, assessment, calib = fit_assessment(fit_problem, score_rows, zero, fit_fixed, review,
-                                                  use_consistency=True)
+                                                  use_consistency=True, search_labels=own)
         cstate.calibration, cstate.assessment = calib.to_json(), assessment.to_json()
         preds = _remap(preds, fit_idx)
         done += len(first)

@@ -119,7 +119,8 @@ def label_rows(rows: list[dict], *, task: str, labels: list[str] | None = None, 
     if reads_context(method):
         zero_shot = zero_shot_rows(problem, scorer)
     preds, assessment = assess(problem, score_rows, zero_shot, fixed_idx, review,
-                               use_consistency=method in ("icm", "bootstrap"))
+                               use_consistency=method in ("icm", "bootstrap"),
+                               search_labels=labels_out if method == "icm" else None)
     log.info("labelling assessed: %s", assessment.summary())
     out = Labelling(preds)
     out.assessment = assessment
