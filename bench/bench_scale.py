@@ -281,7 +281,7 @@ def packing(args) -> None:
     targets = prompts[k:k + args.n]
     print(machine())
     print(f"\n{'prefix':18} {'rows':>5} {'padded ms/row':>13} {'packed ms/row':>13} {'speed-up':>8} {'max |d log-p|':>13}")
-    for name, pre in ((f"{scorer.count_tokens(prefix)} tokens", prefix), ("none (zero-shot)", "")):
+    for name, pre in ((f"{scorer.count_tokens(prefix)} tokens", prefix), ("none (zero-shot)", ""))[:0 if args.sizes_only else 2]:
         scorer.score(pre, targets[:16])  # warm-up, and packing's one check against padded batches
         times: dict[bool, list[float]] = {True: [], False: []}
         got: dict[bool, np.ndarray] = {}
@@ -294,6 +294,23 @@ def packing(args) -> None:
         pad, pack = (float(np.median(times[p])) * 1000 / len(targets) for p in (False, True))
         print(f"{name:18} {len(targets):5d} {pad:13.1f} {pack:13.1f} {pad / pack:8.2f} "
               f"{float(np.abs(got[True] - got[False]).max()):13.1e}", flush=True)
+    if not args.batch_sizes:
+        return
+    scorer.score(prefix, targets[:16])  # warm-up (and the packing check) when the first table was skipped
+    # Rows per packed sequence after the prefix: bigger matmuls against more masked-out attention.
+    scorer.packed = True
+    print(f"\n{'rows per pack':>13} {'packed ms/row':>13} {'vs ' + str(args.batch_sizes[0]):>8}   (after the {scorer.count_tokens(prefix)}-token prefix)")
+    times = {b: [] for b in args.batch_sizes}
+    for _ in range(args.repeats):
+        for b in args.batch_sizes:
+            scorer.batch_size = b
+            t0 = time.perf_counter()
+            scorer.score(prefix, targets)
+            times[b].append(time.perf_counter() - t0)
+    base = float(np.median(times[args.batch_sizes[0]]))
+    for b in args.batch_sizes:
+        m = float(np.median(times[b]))
+        print(f"{b:13d} {m * 1000 / len(targets):13.1f} {base / m:8.2f}", flush=True)
 
 
 def main() -> None:
@@ -322,6 +339,9 @@ def main() -> None:
     k.add_argument("--data", required=True)
     k.add_argument("--n", type=int, default=256, help="rows scored per way and repeat")
     k.add_argument("--repeats", type=int, default=3)
+    k.add_argument("--batch-sizes", type=int, nargs="+", help="also time packed scoring at these rows per pack "
+                   "(the first is the reference)")
+    k.add_argument("--sizes-only", action="store_true", help="only the --batch-sizes table")
     for p in (q, c, r, d, k):
         p.add_argument("--model", default=None)
         p.add_argument("--dtype", default="auto")
