@@ -24,7 +24,7 @@ After a labelling method has run, `assess` turns its scores into what a user see
    with its probability under the same scores as confidence (so below 1/2 in a binary task: flagged first).
    Rows under consistency rules keep the joint decision (a lone change could break a rule). Measured
    (bench/RESULTS.md, issue 19 item 4): on the rows where the two differ, D was right 33 times out of 47
-   below 2/3 and the ensemble 17 times out of 21 above it (SST-2, 64- and 256-row runs, 6 seeds).
+   below 2/3 and the ensemble 16 times out of 21 above it (SST-2, 64- and 256-row runs, 6 runs).
 4. Drift guard. The labelling's label share is compared with the calibrated marginal (the mean
    calibrated probability of each label). A departure beyond `drift_tolerance` on a problem without
    consistency rules is corrected by a per-label bias that brings the share to the marginal (the
