@@ -280,7 +280,8 @@ def packing(args) -> None:
         k += 1
     targets = prompts[k:k + args.n]
     print(machine())
-    print(f"\n{'prefix':18} {'rows':>5} {'padded ms/row':>13} {'packed ms/row':>13} {'speed-up':>8} {'max |d log-p|':>13}")
+    if not args.sizes_only:
+        print(f"\n{'prefix':18} {'rows':>5} {'padded ms/row':>13} {'packed ms/row':>13} {'speed-up':>8} {'max |d log-p|':>13}")
     for name, pre in ((f"{scorer.count_tokens(prefix)} tokens", prefix), ("none (zero-shot)", ""))[:0 if args.sizes_only else 2]:
         scorer.score(pre, targets[:16])  # warm-up, and packing's one check against padded batches
         times: dict[bool, list[float]] = {True: [], False: []}
