@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -88,8 +89,6 @@ class CpuMeter:
     bench every `every` seconds; `mark(name)` records the totals at a point of the run."""
 
     def __init__(self, ls_pgid: int, every: float = 10.0):
-        import threading
-
         self.ls, self.backends, self.every = ls_pgid, {}, every
         self.backend_pgid: int | None = None
         self.t0 = time.monotonic()

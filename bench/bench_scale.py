@@ -280,9 +280,10 @@ def packing(args) -> None:
         k += 1
     targets = prompts[k:k + args.n]
     print(machine())
-    if not args.sizes_only:
+    ways = () if args.sizes_only else ((f"{scorer.count_tokens(prefix)} tokens", prefix), ("none (zero-shot)", ""))
+    if ways:
         print(f"\n{'prefix':18} {'rows':>5} {'padded ms/row':>13} {'packed ms/row':>13} {'speed-up':>8} {'max |d log-p|':>13}")
-    for name, pre in ((f"{scorer.count_tokens(prefix)} tokens", prefix), ("none (zero-shot)", ""))[:0 if args.sizes_only else 2]:
+    for name, pre in ways:
         scorer.score(pre, targets[:16])  # warm-up, and packing's one check against padded batches
         times: dict[bool, list[float]] = {True: [], False: []}
         got: dict[bool, np.ndarray] = {}
@@ -297,7 +298,8 @@ def packing(args) -> None:
               f"{float(np.abs(got[True] - got[False]).max()):13.1e}", flush=True)
     if not args.batch_sizes:
         return
-    scorer.score(prefix, targets[:16])  # warm-up (and the packing check) when the first table was skipped
+    if not ways:  # warm-up, and the packing check, which the first table did otherwise
+        scorer.score(prefix, targets[:16])
     # Rows per packed sequence after the prefix: bigger matmuls against more masked-out attention.
     scorer.packed = True
     print(f"\n{'rows per pack':>13} {'packed ms/row':>13} {'vs ' + str(args.batch_sizes[0]):>8}   (after the {scorer.count_tokens(prefix)}-token prefix)")

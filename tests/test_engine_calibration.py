@@ -129,6 +129,8 @@ def test_bad_review_settings_name_the_field():
         ReviewConfig(fraction=1.5)
     with pytest.raises(InputError, match="review threshold -1"):
         ReviewConfig(threshold=-1)
+    with pytest.raises(InputError, match="review defer_below 2"):
+        ReviewConfig(defer_below=2)
 
 
 def test_labels_picked_by_the_review_queue_do_not_set_the_temperature():

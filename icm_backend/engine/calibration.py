@@ -71,6 +71,8 @@ class ReviewConfig:
             raise InputError(f"review fraction {self.fraction}: expected a number in [0, 1]")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise InputError(f"review threshold {self.threshold}: expected a number in [0, 1]")
+        if self.defer_below is not None and not 0.0 <= self.defer_below <= 1.0:
+            raise InputError(f"review defer_below {self.defer_below}: expected a number in [0, 1] (or None: off)")
 
 
 @dataclass
@@ -383,8 +385,6 @@ def fit(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray | 
             reasons.append(f"label share {dict(zip(words, np.round(share, 2).tolist()))} departs from the "
                            f"model's calibrated marginal {dict(zip(words, np.round(marginal, 2).tolist()))} "
                            f"by {drift:.2f}")
-    share_after = np.bincount(labels[free], minlength=k) / max(int(free.sum()), 1)
-
     conf = probs[np.arange(n), labels]
     shrink = None
     if not fit_on_fixed and est_acc is not None and free.any() and conf[free].mean() > est_acc:
@@ -396,16 +396,14 @@ def fit(problem: Problem, score_rows: list[np.ndarray], zero_shot: np.ndarray | 
     deferred = 0
     if search_labels is not None and review.defer_below:
         s_lab = np.asarray(search_labels)
-        tied = np.zeros(n, dtype=bool)
-        for comp in components(cons, n):
-            tied[comp] = len(comp) > 1
+        tied = np.array([bool(cons.neighbours(i)) for i in range(n)], dtype=bool)
         defer = free & ~tied & (s_lab >= 0) & (s_lab != labels) & (conf < review.defer_below)
         if defer.any():
             labels = np.where(defer, s_lab, labels)
             p = probs[np.arange(n), labels]
             conf = np.where(defer, p if shrink is None else 1.0 / k + (p - 1.0 / k) * shrink, conf)
             deferred = int(defer.sum())
-            share_after = np.bincount(labels[free], minlength=k) / max(int(free.sum()), 1)
+    share_after = np.bincount(labels[free], minlength=k) / max(int(free.sum()), 1)  # of the labels shown
 
     # Review queue: by threshold, or the budget's share of the free rows, least confident first; the
     # budget becomes the confidence cut-off that `apply` uses on later rows.
