@@ -118,6 +118,28 @@ def test_core_keeps_groups_whole_and_human_labels_in_it():
         assert sum(bool(set(g) & set(c)) for c in chunks) <= 1
 
 
+def test_a_cores_search_gets_the_reference_budget_and_a_small_projects_keeps_20_per_row(monkeypatch):
+    import icm_backend.engine.core as core_mod
+    import icm_backend.engine.labeler as labeler_mod
+    budgets = []
+    for mod in (core_mod, labeler_mod):
+        real = mod.ICMSearch
+
+        class Spy(real):
+            def run(self, progress=None):
+                budgets.append((self.n_free, self.max_iters))
+                return super().run(progress)
+        monkeypatch.setattr(mod, "ICMSearch", Spy)
+    cfg = {**CFG, "max_iters": None, "patience": 2}
+    label_rows(_rows(60), task="claims", model=ContextReader(), seed=0, config=SearchConfig(**cfg))
+    label_rows(_rows(20), task="claims", model=ContextReader(), seed=0, config=SearchConfig(**cfg))
+    # the core (24 free rows): 12 per row; the whole-set search of a 20-row project: 20 per row
+    assert budgets == [(24, 12 * 24), (20, 20 * 20)]
+    budgets.clear()
+    label_rows(_rows(60), task="claims", model=ContextReader(), seed=0, config=SearchConfig(**{**cfg, "max_iters": 7}))
+    assert budgets == [(24, 7)]  # an explicit cap (ICM_MAX_ITERS, --max-iters) wins
+
+
 def test_small_project_runs_the_search_on_every_row():
     rows = _rows(20)
     model = ContextReader()

@@ -6,7 +6,8 @@ labels, every other task needs only to be read once in the context of the core's
 
     core C  = random consistency groups, drawn with the seed, until |C| >= core_size (human-labelled rows and
               their groups always belong to it: they are D's fixed members and lead its contexts);
-    D_C     = ICM(C)                                   (the search, checkpointed, exactly as a small project)
+    D_C     = ICM(C)                   (the search, checkpointed, as a small project's with the reference
+                                        code's budget: 12 iterations per row, not 20)
     for each context order o in (the search's final order, `resamples` fresh random orders of D_C):
         prefix_o = the labelled blocks of C in order o, up to the context budget   (one string, one KV cache)
         s_o(x)   = log P(y | prefix_o, x), normalised over the labels, for every x outside C
@@ -30,7 +31,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +220,9 @@ def label_with_core(rows: list[dict], problem: Problem, scorer, config: SearchCo
     log.info("%s (%d human labels), then one pass over the other %d", origin.text(), len(core_fixed), n - len(core))
     from icm_backend.engine.labeler import zero_shot_rows  # the labeler imports this module
 
-    search = ICMSearch(core_problem, scorer, config, seed, checkpoint, "icm", max_window=window, fixed=core_fixed)
+    budget = config.max_iters or config.core_iters_per_row * max(len(core) - len(core_fixed), 1)
+    search = ICMSearch(core_problem, scorer, replace(config, max_iters=budget), seed, checkpoint, "icm",
+                       max_window=window, fixed=core_fixed)
     if reused is not None:
         state = search.adopt(np.array([fixed[i] if i in fixed else prior[i] for i in core]))
     else:  # the search's progress in rows of the whole project: a job's bar must not read 100% after the core

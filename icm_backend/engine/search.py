@@ -37,7 +37,7 @@ class SearchConfig:
     init_k: int = 8  # examples labelled at random to start
     fix_rounds: int = 10  # M in ConsistencyFix
     group_weight: float = 100.0  # sampling weight of unlabelled examples next to a labelled group member
-    max_iters: int | None = None  # default 20 * N
+    max_iters: int | None = None  # default 20 * N; a core's search (engine.core) core_iters_per_row * N
     patience: int | None = None  # iterations per sweep once all are labelled (default N)
     context_tokens: int = 384  # token budget of the shared in-context prefix
     fold_size: int = 64
@@ -46,6 +46,10 @@ class SearchConfig:
     # (engine.core). 0 or None: the search runs on every row.
     core_size: int | None = 256
     chunk_size: int = 512  # rows per one-pass chunk (what a job writes back at a time)
+    # A core's search budget per free row when max_iters is not given: the reference code's 3000 iterations
+    # per batch of 256. The 20 x N of a whole-set search bought a core nothing measurable (bench/RESULTS.md,
+    # "the core's search budget") at 40% more of a big project's time.
+    core_iters_per_row: int = 12
 
 
 @dataclass
@@ -72,7 +76,8 @@ def run_fingerprint(problem: Problem, scorer_id: str, method: str, seed: int, co
     h = hashlib.sha256()
     # Budgets and checkpoint cadence may change between a crash and the resume; nothing else may.
     settings = {k: v for k, v in asdict(config).items()
-                if k not in ("max_iters", "patience", "checkpoint_every_s", "core_size", "chunk_size")}
+                if k not in ("max_iters", "patience", "checkpoint_every_s", "core_size", "chunk_size",
+                             "core_iters_per_row")}
     h.update(json.dumps([problem.task, problem.label_words, method, seed, scorer_id, settings]).encode())
     if fixed:  # human labels are part of the run: other labels, other search
         h.update(json.dumps(sorted(fixed.items())).encode())
