@@ -55,7 +55,8 @@ class ServerConfig:
     reuse_core: bool = True  # ICM_REUSE_CORE: a relabel reuses the project's last core, human labels in place
     dtype: str = "auto"  # ICM_DTYPE: auto (bf16 where the CPU computes it natively or on CUDA, else fp32), bf16, fp32
     seed: int = 0
-    max_iters: int | None = None  # ICM_MAX_ITERS: cap on the ICM search's iterations (engine default 20*N; 12*N for a core's search)
+    # ICM_MAX_ITERS: cap on the ICM search's iterations (engine default: 20*N; 12*N for a core's search)
+    max_iters: int | None = None
     checkpoint_every_s: float = 20.0  # ICM_CHECKPOINT_EVERY_S: how often a job's search saves its state
     # -- limits against hostile or careless clients (each a clear 4xx, or a per-task reason) ---------
     max_body_bytes: int = 32 * 1024 * 1024  # ICM_MAX_BODY_BYTES: bigger requests get 413 before being read
