@@ -31,7 +31,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -220,9 +220,8 @@ def label_with_core(rows: list[dict], problem: Problem, scorer, config: SearchCo
     log.info("%s (%d human labels), then one pass over the other %d", origin.text(), len(core_fixed), n - len(core))
     from icm_backend.engine.labeler import zero_shot_rows  # the labeler imports this module
 
-    budget = config.max_iters or config.core_iters_per_row * max(len(core) - len(core_fixed), 1)
-    search = ICMSearch(core_problem, scorer, replace(config, max_iters=budget), seed, checkpoint, "icm",
-                       max_window=window, fixed=core_fixed)
+    search = ICMSearch(core_problem, scorer, config, seed, checkpoint, "icm", max_window=window, fixed=core_fixed,
+                       iters_per_row=config.core_iters_per_row)
     if reused is not None:
         state = search.adopt(np.array([fixed[i] if i in fixed else prior[i] for i in core]))
     else:  # the search's progress in rows of the whole project: a job's bar must not read 100% after the core

@@ -140,7 +140,7 @@ def fixed_indices(problem: Problem, fixed: dict | None, field: str = "fixed") ->
 class ICMSearch:
     def __init__(self, problem: Problem, scorer, config: SearchConfig | None = None, seed: int = 0,
                  checkpoint: str | Path | None = None, method: str = "icm", max_window: int | None = None,
-                 fixed: dict | None = None):
+                 fixed: dict | None = None, iters_per_row: int = 20):
         self.problem = problem
         self.config = config or SearchConfig()
         self.seed = seed
@@ -157,7 +157,7 @@ class ICMSearch:
         self.objective = Objective(self.cache, self.consistency, self.config.alpha, calibrate=problem.multiclass)
         self.checkpoint = Checkpoint(checkpoint)
         self.fingerprint = run_fingerprint(problem, scorer.model_id, method, seed, self.config, self.fixed)
-        self.max_iters = self.config.max_iters or 20 * max(self.n_free, 1)
+        self.max_iters = self.config.max_iters or iters_per_row * max(self.n_free, 1)
         self.patience = self.config.patience or max(self.n_free, 1)
 
     # -- pieces of Algorithm 1 ---------------------------------------------------------------------
