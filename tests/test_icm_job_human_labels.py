@@ -14,6 +14,7 @@ class LabelledLS(FakeLS):
         self.annotations = annotations  # task id -> list of annotation dicts
 
     def tasks_with_labels(self, project):
+        self.listings += 1
         return [{**t, "annotations": self.annotations.get(t["id"], []), "predictions": []} for t in self.tasks.values()]
 
 
@@ -44,6 +45,9 @@ def test_annotations_are_fixed_rows_and_get_no_prediction(make):
         got = {texts[i]: lab for i, lab in fixed.items()}
         assert got == humans  # the three human labels, as fixed rows, nothing else
     assert sorted({p["task"] for p in ls.preds}) == list(range(4, 41))  # annotated tasks are not relabelled
+    # one read of the project serves the labelling's tasks and their annotations (the accept report reads it
+    # again afterwards, for the predictions)
+    assert ls.listings_at_first_import == 1
 
 
 def test_a_zero_shot_job_does_not_relabel_annotated_tasks_either(make):

@@ -30,9 +30,12 @@ class FakeLS:
         self.fail: list[str] = []  # per import call: "after" (stored, reply lost), "before" (nothing stored)
         self.imports: list[int] = []
         self.patch_refused = 0
+        self.listings = 0  # reads of the project's task list
+        self.listings_at_first_import: int | None = None
 
-    def project_tasks(self, project):
-        return list(self.tasks.values())
+    def tasks_with_labels(self, project):
+        self.listings += 1
+        return [{**t, "annotations": [], "predictions": []} for t in self.tasks.values()]
 
     def existing_prediction_tasks(self, project, version):
         return {p["task"] for p in self.preds if p["model_version"] == version}
@@ -42,6 +45,8 @@ class FakeLS:
 
     def import_predictions(self, project, items):
         assert 0 < len(items) <= self.IMPORT_BATCH
+        if self.listings_at_first_import is None:
+            self.listings_at_first_import = self.listings
         mode = self.fail.pop(0) if self.fail else ""
         if mode == "before":
             raise ConnectionError("LS unreachable")

@@ -6,7 +6,7 @@ the hidden state at the last prompt position, and apply lm_head only there (a fu
 a 262k-vocab model like Gemma 3 costs most of the step time).
 
 Plans: on CUDA with bitsandbytes, QLoRA over the 4-bit NF4 model (prepare_model_for_kbit_training);
-elsewhere bf16 weights with fp32 LoRA adapters. The QLoRA path is unit-tested for its selection only
+elsewhere the CPU's number format for the base weights (engine.model.choose_dtype) with fp32 LoRA adapters. The QLoRA path is unit-tested for its selection only
 and is unverified on a GPU.
 """
 
@@ -69,7 +69,7 @@ class TrainPlan:
 
 
 def choose_plan(device: str | None = None, has_bnb: bool | None = None) -> TrainPlan:
-    """QLoRA where it exists (CUDA + bitsandbytes); bf16 LoRA otherwise."""
+    """QLoRA where it exists (CUDA + bitsandbytes); LoRA over the unquantised weights otherwise."""
     if device is None:
         import torch
 
@@ -83,7 +83,7 @@ def choose_plan(device: str | None = None, has_bnb: bool | None = None) -> Train
             has_bnb = False
     if device == "cuda" and has_bnb:
         return TrainPlan("qlora", "4bit", device, True, "QLoRA on the 4-bit NF4 model (unverified on GPU in CI)")
-    return TrainPlan("lora", "none", device, False, f"bf16 base weights, fp32 LoRA adapters on {device}")
+    return TrainPlan("lora", "none", device, False, f"unquantised base weights, fp32 LoRA adapters on {device}")
 
 
 def prepare_for_training(model, plan: TrainPlan):

@@ -65,10 +65,6 @@ class LSClient:
                 return
             page += 1
 
-    def project_tasks(self, project: int, page_size: int = 1000) -> list[dict]:
-        """Every task's id and data."""
-        return [{"id": t.id, "data": dict(t.data or {})} for t in self._task_pages(project, page_size)]
-
     def tasks_with_labels(self, project: int, page_size: int = 200) -> list[dict]:
         """Every task with its annotations and predictions (and meta), as plain dicts."""
         out = []

@@ -77,10 +77,11 @@ class ICMJob:
         spec = parse_label_config(params["label_config"])
         method = params.get("method", "icm")
         tasks_file = ctx.workdir / "tasks.json"
+        listed = None  # LS's listing with the annotations, read once at a fresh start for the human labels too
         if tasks_file.exists():  # resumed: label exactly the task set the job started with
             tasks = json.loads(tasks_file.read_text())
         else:
-            tasks = self._fetch_tasks(project, params)
+            tasks, listed = self._fetch_tasks(project, params)
             tmp = tasks_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(tasks))
             tmp.replace(tasks_file)
@@ -91,7 +92,7 @@ class ICMJob:
         # reads no context, but a version on trial must not be judged on the rows it was trained on).
         # Read once, kept for a resume.
         if "human" not in state:
-            state["human"] = self._human_labels(project, spec, set(by_id))
+            state["human"] = self._human_labels(project, spec, set(by_id), listed)
             ctx.save_state(state)
         # The core of the project's last ICM labelling: reused (no search), the human labels in place of its
         # own (engine.core.reuse_core). Read once, kept for a resume; the trial pass gets the same one.
@@ -246,16 +247,19 @@ class ICMJob:
                 "(flagged: reviewing them decides whether it serves)")
 
     # -- Label Studio ------------------------------------------------------------------------
-    def _human_labels(self, project: int, spec, task_ids: set) -> list[list]:
+    def _human_labels(self, project: int, spec, task_ids: set, listed: list[dict] | None) -> list[list]:
         """[[task id, label word], ...] from the project's annotations (labelstudio.annotations rules), at most
-        HUMAN_MAX, taken in turn from each label; [] when LS cannot be read."""
+        HUMAN_MAX, taken in turn from each label; [] when LS cannot be read. `listed`: the tasks with their
+        annotations as _fetch_tasks read them; None (a resume, or the request's tasks) reads them again."""
         from icm_backend.labelstudio.annotations import human_labels
 
-        try:
-            tasks = self.ls_for(project).tasks_with_labels(project)
-        except Exception as exc:
-            log.warning("project %s: annotations not read (%s); labelling without human labels", project, exc)
-            return []
+        tasks = listed
+        if tasks is None:
+            try:
+                tasks = self.ls_for(project).tasks_with_labels(project)
+            except Exception as exc:
+                log.warning("project %s: annotations not read (%s); labelling without human labels", project, exc)
+                return []
         by_label: dict[str, list[int]] = {}
         for tid, label in human_labels([t for t in tasks if t.get("id") in task_ids], spec).items():
             by_label.setdefault(label, []).append(tid)
@@ -267,17 +271,19 @@ class ICMJob:
             k += 1
         return out
 
-    def _fetch_tasks(self, project: int, params: dict) -> list[dict]:
+    def _fetch_tasks(self, project: int, params: dict) -> tuple[list[dict], list[dict] | None]:
+        """(the tasks to label: id and data; LS's listing of them with their annotations, or None where the
+        request's tasks stand in). One listing serves both: at 10,000 tasks each read of them takes ~25 s."""
         try:
-            tasks = self.ls_for(project).project_tasks(project)
-            if tasks:
-                return tasks
+            listed = self.ls_for(project).tasks_with_labels(project)
+            if listed:
+                return [{"id": t["id"], "data": t["data"]} for t in listed], listed
         except LabelStudioUnavailable as exc:
             log.warning("project %s: %s; labelling only the tasks sent in the request", project, exc)
         except Exception as exc:
             log.warning("project %s: fetching tasks from Label Studio failed (%s); using request tasks",
                         project, exc)
-        return params.get("tasks", [])
+        return params.get("tasks", []), None
 
     def _ls_or_none(self, project: int):
         try:
