@@ -98,9 +98,15 @@ def run_one(scorer, rows, method: str, seed: int, core: int | None, max_iters: i
     before = scorer.stats.tokens_processed
     t0 = time.perf_counter()
 
+    last = [0.0]
+
     def progress(done, total, msg):
+        now = time.perf_counter() - t0
         if phases is not None and "search_s" not in phases and msg.startswith("one pass"):
-            phases["search_s"] = round(time.perf_counter() - t0, 1)
+            phases["search_s"] = round(now, 1)
+        if now - last[0] >= 60:  # a line a minute: a 10,000-row labelling runs for most of an hour
+            last[0] = now
+            print(f"  {method}, {len(rows)} rows, {now / 60:.0f} min: {msg} {done}/{total}", file=sys.stderr, flush=True)
 
     preds = label_rows(rows, task="classify", labels=LABELS, method=method, model=scorer, seed=seed,
                        config=SearchConfig(core_size=core, max_iters=max_iters), progress=progress)
