@@ -6,8 +6,8 @@ the hidden state at the last prompt position, and apply lm_head only there (a fu
 a 262k-vocab model like Gemma 3 costs most of the step time).
 
 Plans: on CUDA with bitsandbytes, QLoRA over the 4-bit NF4 model (prepare_model_for_kbit_training);
-elsewhere the CPU's number format for the base weights (engine.model.choose_dtype) with fp32 LoRA adapters. The QLoRA path is unit-tested for its selection only
-and is unverified on a GPU.
+elsewhere the base weights in the CPU's number format (engine.model.choose_dtype) with fp32 LoRA adapters.
+The QLoRA path is unit-tested for its selection only and is unverified on a GPU.
 """
 
 from __future__ import annotations

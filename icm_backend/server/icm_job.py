@@ -94,6 +94,7 @@ class ICMJob:
         if "human" not in state:
             state["human"] = self._human_labels(project, spec, set(by_id), listed)
             ctx.save_state(state)
+        del listed  # every task's annotations and predictions: not needed for the rest of a long job
         # The core of the project's last ICM labelling: reused (no search), the human labels in place of its
         # own (engine.core.reuse_core). Read once, kept for a resume; the trial pass gets the same one.
         if "prior_core" not in state:
