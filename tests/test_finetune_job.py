@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -111,15 +112,17 @@ def test_too_few_labels_to_test_a_version_keep_the_serving_one(app_for, start_tr
     assert current_name(backend.config.model_dir) is None
 
 
-def test_holdout_fraction_from_the_environment(app_for, start_training, monkeypatch):
+def test_holdout_fraction_and_gate_level_from_the_environment(app_for, start_training, monkeypatch):
     monkeypatch.setenv("ICM_TRAIN_MAX_STEPS", "2")
     monkeypatch.setenv("ICM_TRAIN_HOLDOUT_FRACTION", "0.5")  # 12 labels: 6 held out, so the gate can test
+    monkeypatch.setenv("ICM_GATE_ALPHA", "0.35")
     app = app_for(good_tasks(12))
     backend = get_backend(app)
     app.test_client().post("/webhook", json=start_training)
     job = wait_job(backend, lambda j: j.status in ("done", "failed"))
     assert job.status == "done", job.error
     assert "no held-out slice" not in job.message and "on 6 held-out accepted labels" in job.message
+    assert re.search(r"sign test p = [0-9.]+, (<=|>) 0\.35\)", job.message), job.message  # the level it ran at
 
 
 def test_bad_holdout_fraction_fails_the_job_naming_the_variable(app_for, start_training, monkeypatch):
@@ -133,7 +136,8 @@ def test_bad_holdout_fraction_fails_the_job_naming_the_variable(app_for, start_t
 
 @pytest.mark.parametrize("name,value", [("ICM_TRAIN_MAX_STEPS", "0"), ("ICM_TRAIN_BATCH_SIZE", "-2"),
                                         ("ICM_TRAIN_LR", "0"), ("ICM_TRAIN_LR", "nan"),
-                                        ("ICM_TRAIN_MIN_CONFIDENCE", "1.2"), ("ICM_TRAIN_HOLDOUT_FRACTION", "-0.1")])
+                                        ("ICM_TRAIN_MIN_CONFIDENCE", "1.2"), ("ICM_TRAIN_HOLDOUT_FRACTION", "-0.1"),
+                                        ("ICM_GATE_ALPHA", "0"), ("ICM_GATE_ALPHA", "1")])
 def test_training_settings_out_of_range_name_the_variable(name, value):
     with pytest.raises(InputError, match=f"{name}={value}"):
         TrainSettings.from_env({name: value})

@@ -22,6 +22,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from icm_backend.envvars import env_flag, env_float, env_int
+from icm_backend.finetune.gate import DEFAULT_ALPHA
 from icm_backend.errors import InputError
 from icm_backend.finetune.data import TrainingSet, training_set_from_ls_tasks
 from icm_backend.labelstudio.client import LabelStudioUnavailable, client_for
@@ -40,6 +41,7 @@ class TrainSettings:
     batch_size: int = 8  # ICM_TRAIN_BATCH_SIZE
     learning_rate: float = 1e-4  # ICM_TRAIN_LR
     holdout_fraction: float = 0.2  # ICM_TRAIN_HOLDOUT_FRACTION: accepted labels kept out of training for the gate
+    gate_alpha: float = DEFAULT_ALPHA  # ICM_GATE_ALPHA: the sign test's level, for the gate and a trial alike
 
     @classmethod
     def from_env(cls, env: dict | None = None) -> "TrainSettings":
@@ -52,6 +54,7 @@ class TrainSettings:
             batch_size=env_int(env, "ICM_TRAIN_BATCH_SIZE", d.batch_size),
             learning_rate=env_float(env, "ICM_TRAIN_LR", d.learning_rate),
             holdout_fraction=env_float(env, "ICM_TRAIN_HOLDOUT_FRACTION", d.holdout_fraction),
+            gate_alpha=env_float(env, "ICM_GATE_ALPHA", d.gate_alpha),
         )
 
     def __post_init__(self):
@@ -65,6 +68,9 @@ class TrainSettings:
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise InputError(f"ICM_TRAIN_HOLDOUT_FRACTION={self.holdout_fraction}: expected a number in [0, 1) "
                              "(the share of accepted labels held out for early stopping and the promotion gate)")
+        if not 0.0 < self.gate_alpha < 1.0:
+            raise InputError(f"ICM_GATE_ALPHA={self.gate_alpha}: expected a number in (0, 1) (the sign test's level "
+                             f"a new version must reach to be served; default {DEFAULT_ALPHA})")
 
 
 def explain_empty(project: int, tasks: list[dict], ts: TrainingSet) -> str:
@@ -142,7 +148,7 @@ class TrainJob:
             raise InputError(f"project {project}: all {len(ts.rows)} usable annotations say {ts.rows[0].label!r}; "
                              "fine-tuning needs examples of at least two labels")
         log.info("project %s: %s", project, ts.summary())
-        trial = self._trial(project, tasks, spec)  # may switch the serving version: before the gate's request
+        trial = self._trial(project, tasks, spec, settings.gate_alpha)  # may switch the serving version: before the gate's request
         spec_file = ctx.workdir / "train_request.json"
         spec_file.write_text(json.dumps({
             "model_dir": str(self.backend.config.model_dir),
@@ -155,7 +161,7 @@ class TrainJob:
                                          context=context_for(self.backend.config.method))),
             "extra_metrics": {"project": project, "job": job.id, "trigger": job.params.get("trigger"),
                               "include_icm": settings.include_icm, "min_confidence": settings.min_confidence},
-            "gate": self._gate_request(),
+            "gate": self._gate_request(settings.gate_alpha),
         }))
         result = self._run_worker(ctx, spec_file, settings.max_steps, ts.summary())
         head = (f"trained version {result['version']} on {ts.summary()}; {result['steps']} steps "
@@ -166,13 +172,13 @@ class TrainJob:
             return head + (f"; gate: {result['gate']}" if result.get("gate") else "") + "; now serving it"
         return head + f"; NOT serving it: {result.get('gate')}"
 
-    def _trial(self, project: int, tasks: list[dict], spec) -> str:
+    def _trial(self, project: int, tasks: list[dict], spec, alpha: float) -> str:
         """The reviewers' verdict on the version on trial (finetune.trial), acted on; "" when none is due."""
         from icm_backend.finetune.trial import run_trial
         from icm_backend.labelstudio.annotations import human_labels
 
-        verdict = run_trial(self.backend.config.model_dir, project, self._gate_request()["serving_name"],
-                            human_labels(tasks, spec))
+        verdict = run_trial(self.backend.config.model_dir, project, self._gate_request(alpha)["serving_name"],
+                            human_labels(tasks, spec), alpha)
         if verdict is None or not verdict.reviewed:
             return ""
         log.info("project %s: version on trial %s", project, verdict.reason)
@@ -181,13 +187,13 @@ class TrainJob:
                   if verdict.promote and pin else "")
         return f"version on trial {verdict.challenger} {verdict.reason}{pinned}"
 
-    def _gate_request(self) -> dict:
+    def _gate_request(self, alpha: float) -> dict:
         """What the promotion gate compares against: the version serving now, with the served method."""
         from icm_backend.finetune.pipeline import gate_request
 
         cfg = self.backend.config
         return gate_request(cfg.model_dir, cfg.base_model, cfg.method, getattr(cfg, "model_version_pin", None),
-                            getattr(cfg, "max_iters", None))
+                            getattr(cfg, "max_iters", None), alpha)
 
     def _run_worker(self, ctx, spec_file, max_steps: int, summary: str) -> dict:
         from icm_backend.jobs.queue import JobCancelled

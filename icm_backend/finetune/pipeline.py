@@ -69,13 +69,16 @@ def train_version(ts: TrainingSet, task: str, labels: list[str], model_dir: str 
 
 
 def gate_request(model_dir: str | Path, base_model: str, method: str, pin: str | None = None,
-                 max_iters: int | None = None) -> dict:
+                 max_iters: int | None = None, alpha: float | None = None) -> dict:
     """What the promotion gate compares a new version against: the version serving now (or `pin`), with
-    the method that serves. The server's training job and `icm-backend finetune` both ask this."""
+    the method that serves, at the sign test's level `alpha` (None: finetune.gate's default). The server's
+    training job and `icm-backend finetune` both ask this."""
+    from icm_backend.finetune.gate import DEFAULT_ALPHA
     from icm_backend.versions import served_model_path, served_version_name
 
     return {"method": method, "serving_model": served_model_path(model_dir, base_model, pin),
-            "serving_name": served_version_name(model_dir, base_model, pin), "max_iters": max_iters}
+            "serving_name": served_version_name(model_dir, base_model, pin), "max_iters": max_iters,
+            "alpha": DEFAULT_ALPHA if alpha is None else alpha}
 
 
 def train_gate_promote(ts: TrainingSet, task: str, labels: list[str], model_dir: str | Path,
@@ -88,7 +91,7 @@ def train_gate_promote(ts: TrainingSet, task: str, labels: list[str], model_dir:
     passed; without one (the CLI's --no-gate) promote unconditionally. `may_promote()`, if given, is asked
     last (the worker: is the server that started me still there?). Returns (VersionInfo, verdict or None,
     promoted)."""
-    from icm_backend.finetune.gate import gate
+    from icm_backend.finetune.gate import DEFAULT_ALPHA, gate
     from icm_backend.versions import promote, record_gate
 
     cfg = cfg or TrainConfig()
@@ -99,7 +102,8 @@ def train_gate_promote(ts: TrainingSet, task: str, labels: list[str], model_dir:
         pairs = [(r.row, r.label) for r in ts.rows]
         verdict = gate([p for i, p in enumerate(pairs) if i not in hold], [p for i, p in enumerate(pairs) if i in hold],
                        task, labels if task == "classify" else None, gate_req["method"], gate_req["serving_model"],
-                       gate_req["serving_name"], str(version.path), seed=cfg.seed, max_iters=gate_req.get("max_iters"))
+                       gate_req["serving_name"], str(version.path), seed=cfg.seed, max_iters=gate_req.get("max_iters"),
+                       alpha=gate_req.get("alpha", DEFAULT_ALPHA))  # a request from before ICM_GATE_ALPHA
         record_gate(model_dir, version.name, verdict.to_json())
         version.metrics["gate"] = verdict.to_json()
     promoted = verdict is None or verdict.promoted
