@@ -22,9 +22,9 @@ import sys
 from dataclasses import asdict, dataclass
 
 from icm_backend.envvars import env_flag, env_float, env_int
-from icm_backend.finetune.gate import DEFAULT_ALPHA
 from icm_backend.errors import InputError
 from icm_backend.finetune.data import TrainingSet, training_set_from_ls_tasks
+from icm_backend.finetune.gate import DEFAULT_ALPHA
 from icm_backend.labelstudio.client import LabelStudioUnavailable, client_for
 from icm_backend.finetune.lora import TrainConfig, context_for
 
@@ -148,7 +148,8 @@ class TrainJob:
             raise InputError(f"project {project}: all {len(ts.rows)} usable annotations say {ts.rows[0].label!r}; "
                              "fine-tuning needs examples of at least two labels")
         log.info("project %s: %s", project, ts.summary())
-        trial = self._trial(project, tasks, spec, settings.gate_alpha)  # may switch the serving version: before the gate's request
+        # may switch the serving version: before the gate's request
+        trial = self._trial(project, tasks, spec, settings.gate_alpha)
         spec_file = ctx.workdir / "train_request.json"
         spec_file.write_text(json.dumps({
             "model_dir": str(self.backend.config.model_dir),
