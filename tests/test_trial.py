@@ -211,3 +211,24 @@ def test_the_versions_command_says_which_version_is_on_trial(tmp_path, capsys):
     assert out[v1].startswith("*") and out[v1].endswith("gate=promoted")
     assert out[v2].endswith("gate=kept")  # superseded by a newer kept version: not on trial
     assert out[v3].endswith("gate=kept, on trial (project 4: 1 disagreements)")
+
+
+@pytest.mark.parametrize("alpha, promoted", [(0.2, False), (0.5, True)])
+def test_the_training_job_settles_a_trial_at_ICM_GATE_ALPHA(tmp_path, alpha, promoted):
+    """The level reaches the trial through the training job (TrainJob._trial): 2 : 0 (p = 0.25) stays on
+    trial at the default 0.2 and is promoted at 0.5."""
+    from types import SimpleNamespace
+
+    from icm_backend.finetune.job import TrainJob
+
+    v1 = fake_version(tmp_path, 1, False)
+    T.write_trial(tmp_path, T.TrialRecord(v1, "icm-smollm2-135m", 3, {10: ("Positive", "Negative"),
+                                                                      11: ("Negative", "Positive")}, 40, 5))
+    config = SimpleNamespace(model_dir=tmp_path, base_model="smollm2-135m", method="icm", model_version_pin=None,
+                             max_iters=None)
+    tasks = [{"id": t, "annotations": [{"id": t, "result": [{"from_name": "sentiment", "to_name": "text",
+                                                             "type": "choices", "value": {"choices": [word]}}]}]}
+             for t, word in ((10, "Positive"), (11, "Negative"))]
+    said = TrainJob(SimpleNamespace(config=config))._trial(3, tasks, parse_label_config(CLASSIFY_XML), alpha)
+    assert f"{'<=' if promoted else '>'} {alpha})" in said, said
+    assert (current_name(tmp_path) == v1) is promoted
