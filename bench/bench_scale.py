@@ -7,6 +7,8 @@
     # (b) cost growth: tasks/s of the default ICM job's labelling and of zero-shot at each size (texts of the
     #     given files repeated past their count), in process or through a model server (--server URL --model M)
     python bench/bench_scale.py cost --texts data/sst2/dev.tsv data/sst2/test.tsv --sizes 1000 10000
+    #     the one-pass phase alone (a relabel: label_rows(core=) reusing the core an icm row wrote to --core),
+    #     e.g. through a model server: --methods icm one-pass --core core.json --server URL --model M
     # (c) relabel after a review: the previous core reused vs a new search, gold on the 100 least confident
     python bench/bench_scale.py relabel --data data/sst2/dev.tsv --seeds 0 --json relabel.jsonl
     # the number format: zero-shot on 50 rows with --dtype auto, fp32, bf16
@@ -90,8 +92,9 @@ def make_model(args):
 
 
 def run_one(scorer, rows, method: str, seed: int, core: int | None, max_iters: int | None = None,
-            phases: dict | None = None):
-    """One labelling through label_rows; (predictions, wall s, LM tokens).
+            phases: dict | None = None, prior: dict | None = None):
+    """One labelling through label_rows; (predictions, wall s, LM tokens). `prior`: a previous labelling's
+    core for label_rows(core=) to reuse, so that only the one-pass phase runs (as a relabel does).
 
     `phases`, if given, gets the seconds until the one-pass phase's first progress line ("search_s": the
     core's search and the first chunk's assessment) from the engine's own progress messages."""
@@ -109,7 +112,7 @@ def run_one(scorer, rows, method: str, seed: int, core: int | None, max_iters: i
             print(f"  {method}, {len(rows)} rows, {now / 60:.0f} min: {msg} {done}/{total}", file=sys.stderr, flush=True)
 
     preds = label_rows(rows, task="classify", labels=LABELS, method=method, model=scorer, seed=seed,
-                       config=SearchConfig(core_size=core, max_iters=max_iters), progress=progress)
+                       config=SearchConfig(core_size=core, max_iters=max_iters), progress=progress, core=prior)
     return preds, time.perf_counter() - t0, scorer.stats.tokens_processed - before
 
 
@@ -184,6 +187,7 @@ def cost(args) -> None:
     out = Path(args.json) if args.json else None
     have = {(r["method"], r["n"]) for r in _done(out)}
     scorer = make_model(args)
+    core_file = Path(args.core) if args.core else None
     print(machine())
     for n in args.sizes:
         rows = [{"text": texts[i % len(texts)] + ("" if i < len(texts) else f" ({i // len(texts)})")}
@@ -192,8 +196,17 @@ def cost(args) -> None:
             if (method, n) in have:
                 continue
             phases: dict = {}
-            preds, wall, tokens = run_one(scorer, rows, method, args.seed, SearchConfig.core_size, args.max_iters,
-                                          phases)
+            prior = None
+            if method == "one-pass":
+                if not core_file or not core_file.exists():
+                    sys.exit("cost: the one-pass rows reuse a core: run an icm row first with --core FILE")
+                prior = {int(i): w for i, w in json.loads(core_file.read_text()).items()}
+            preds, wall, tokens = run_one(scorer, rows, "icm" if method == "one-pass" else method, args.seed,
+                                          SearchConfig.core_size, args.max_iters, phases, prior)
+            if method == "icm" and core_file and not core_file.exists():
+                core_file.write_text(json.dumps(preds.core))
+            if preds.core_origin is not None:
+                phases["core"] = preds.core_origin.how
             _append(out, {"method": method, "n": n, "wall_s": round(wall, 1), "tasks_per_s": round(n / wall, 3),
                           "s_per_task": round(wall / n, 4), "lm_tokens": tokens, **phases,
                           "side": "model server" if args.server else f"in process ({args.dtype})"})
@@ -335,8 +348,10 @@ def main() -> None:
     c = sub.add_parser("cost")
     c.add_argument("--texts", nargs="+", required=True)
     c.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    c.add_argument("--methods", nargs="+", default=["zero-shot", "icm"])
+    c.add_argument("--methods", nargs="+", default=["zero-shot", "icm"], choices=["zero-shot", "icm", "one-pass"])
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--core", metavar="FILE", help="the core ({row: label}) an icm row writes here if absent; "
+                   "method one-pass reuses it (label_rows(core=): the one-pass phase alone, as a relabel runs it)")
     r = sub.add_parser("relabel")
     r.add_argument("--data", required=True)
     r.add_argument("--seeds", type=int, nargs="+", default=[0])
